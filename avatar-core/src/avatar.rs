@@ -1,0 +1,354 @@
+//! The high-level DCGAN avatar API used by the server and the bindings.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use image::RgbaImage;
+
+use crate::dcgan::{
+    Generator, GeneratorConfig, generator_from_bytes, latents_for_seeds, load_generator,
+    load_keras_generator,
+};
+use crate::device::DeviceSpec;
+use crate::embedded;
+use crate::error::{AvatarError, Result};
+use crate::imaging::{
+    Color, ImageFormat, MatteOptions, composite_over, encode, key_background, resize,
+};
+use crate::seed::Seed;
+
+/// Smallest and largest accepted `output_size`.
+pub const OUTPUT_SIZE_RANGE: std::ops::RangeInclusive<u32> = 16..=1024;
+/// Largest accepted batch in one call.
+pub const MAX_BATCH: usize = 256;
+
+/// The two shipped models: `small` (96x96, latent 100) and `large` (128x128, latent 128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ModelSize {
+    /// 96x96, latent 100.
+    #[default]
+    Small,
+    /// 128x128, latent 128.
+    Large,
+}
+
+impl ModelSize {
+    /// Both sizes.
+    pub const ALL: [ModelSize; 2] = [ModelSize::Small, ModelSize::Large];
+
+    /// The native output side in pixels.
+    pub fn resolution(self) -> u32 {
+        match self {
+            ModelSize::Small => 96,
+            ModelSize::Large => 128,
+        }
+    }
+
+    /// `"small"` or `"large"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelSize::Small => "small",
+            ModelSize::Large => "large",
+        }
+    }
+}
+
+impl FromStr for ModelSize {
+    type Err = AvatarError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "small" => Ok(ModelSize::Small),
+            "large" => Ok(ModelSize::Large),
+            other => Err(AvatarError::invalid(
+                "size",
+                format!("{other:?}: expected small or large"),
+            )),
+        }
+    }
+}
+
+/// Where generator weights come from.
+#[derive(Debug, Clone)]
+pub enum WeightsSource {
+    /// The weights compiled into the library (feature `embedded-weights`), or, without that
+    /// feature, `$AVATAR_WEIGHTS_DIR/dcgan_{small,large}.safetensors`.
+    Embedded(ModelSize),
+    /// A `model.safetensors` file (config from `model.json` beside it or from its metadata).
+    Path(PathBuf),
+    /// Safetensors bytes with the config in their metadata.
+    Bytes(Vec<u8>),
+    /// A Keras generator of the seed's recipe (`.h5` full model, or `.weights.h5` with a
+    /// resolution). A [`WeightsSource::Path`] ending in `.h5` is read this way too.
+    Keras {
+        /// The `.h5` file.
+        path: PathBuf,
+        /// Output side, needed only for `.weights.h5` files.
+        resolution: Option<usize>,
+    },
+}
+
+impl From<ModelSize> for WeightsSource {
+    fn from(size: ModelSize) -> Self {
+        WeightsSource::Embedded(size)
+    }
+}
+
+impl From<PathBuf> for WeightsSource {
+    fn from(path: PathBuf) -> Self {
+        WeightsSource::Path(path)
+    }
+}
+
+/// Options of one generated avatar. All fields are optional; see each one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerateOptions {
+    /// The seed: the same seed always gives the same avatar. `None` draws a random one.
+    pub seed: Option<Seed>,
+    /// Keep a transparent background (PNG/WebP only).
+    pub transparent: bool,
+    /// Background colour when `transparent` is false (default white). Rejected with `transparent`.
+    pub bg_color: Option<Color>,
+    /// Output side in pixels (resampled); `None` keeps the model's resolution.
+    pub output_size: Option<u32>,
+    /// Encoding used by [`AvatarGenerator::generate_encoded`].
+    pub format: ImageFormat,
+}
+
+impl GenerateOptions {
+    /// Checks the options, naming the offending field.
+    pub fn validate(&self) -> Result<()> {
+        if self.transparent && self.bg_color.is_some() {
+            return Err(AvatarError::invalid(
+                "bg_color",
+                "cannot be combined with transparent=true",
+            ));
+        }
+        if self.transparent && !self.format.supports_alpha() {
+            return Err(AvatarError::invalid(
+                "format",
+                "jpeg has no alpha channel; use png or webp with transparent=true",
+            ));
+        }
+        if let Some(size) = self.output_size
+            && !OUTPUT_SIZE_RANGE.contains(&size)
+        {
+            return Err(AvatarError::invalid(
+                "output_size",
+                format!(
+                    "{size} is out of range {}..={}",
+                    OUTPUT_SIZE_RANGE.start(),
+                    OUTPUT_SIZE_RANGE.end()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An encoded avatar and the seed that made it.
+#[derive(Debug, Clone)]
+pub struct EncodedAvatar {
+    /// The encoded bytes.
+    pub bytes: Vec<u8>,
+    /// Their format.
+    pub format: ImageFormat,
+    /// The seed used (drawn at random when none was given).
+    pub seed: Seed,
+}
+
+/// A loaded DCGAN generator on a device, ready to draw avatars.
+///
+/// ```no_run
+/// use avatar_core::{AvatarGenerator, DeviceSpec, GenerateOptions, ModelSize};
+/// let generator = AvatarGenerator::load(ModelSize::Small, &DeviceSpec::Cpu)?;
+/// let options = GenerateOptions { seed: Some("alice".into()), transparent: true, ..Default::default() };
+/// let avatar = generator.generate(&options)?;
+/// assert_eq!(avatar.width(), 96);
+/// # Ok::<(), avatar_core::AvatarError>(())
+/// ```
+#[derive(Debug)]
+pub struct AvatarGenerator {
+    config: GeneratorConfig,
+    generator: Generator,
+    device: Device,
+    spec: DeviceSpec,
+}
+
+impl AvatarGenerator {
+    /// Loads weights onto the device named by `spec`.
+    pub fn load(source: impl Into<WeightsSource>, spec: &DeviceSpec) -> Result<Self> {
+        let device = spec.device()?;
+        let (config, generator) = match source.into() {
+            WeightsSource::Embedded(size) => {
+                generator_from_bytes(&embedded::weights(size)?, None, &device)?
+            }
+            WeightsSource::Path(path)
+                if path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("h5")) =>
+            {
+                load_keras_generator(&path, None, &device)?
+            }
+            WeightsSource::Path(path) => load_generator(&path, &device)?,
+            WeightsSource::Keras { path, resolution } => {
+                load_keras_generator(&path, resolution, &device)?
+            }
+            WeightsSource::Bytes(bytes) => generator_from_bytes(&bytes, None, &device)?,
+        };
+        Ok(Self::from_generator(config, generator, *spec, device))
+    }
+
+    /// Wraps an already built generator (switched to inference mode).
+    pub fn from_generator(
+        config: GeneratorConfig,
+        generator: Generator,
+        spec: DeviceSpec,
+        device: Device,
+    ) -> Self {
+        AvatarGenerator {
+            config,
+            generator: generator.valid(),
+            device,
+            spec,
+        }
+    }
+
+    /// The model config.
+    pub fn config(&self) -> &GeneratorConfig {
+        &self.config
+    }
+
+    /// The device spec the model runs on.
+    pub fn device_spec(&self) -> DeviceSpec {
+        self.spec
+    }
+
+    /// The native output side in pixels.
+    pub fn resolution(&self) -> u32 {
+        self.config.resolution as u32
+    }
+
+    /// The raw generator output `[N, C, R, R]` in [-1, 1] for latents `[N, latent_dim]`.
+    pub fn forward(&self, latents: Tensor<2>) -> Tensor<4> {
+        self.generator.forward(latents)
+    }
+
+    /// One avatar.
+    pub fn generate(&self, options: &GenerateOptions) -> Result<RgbaImage> {
+        let seed = options.seed.clone().unwrap_or_else(Seed::random);
+        Ok(self.generate_batch(&[seed], options)?.remove(0))
+    }
+
+    /// One avatar per seed, in one forward pass (`options.seed` is ignored).
+    pub fn generate_batch(
+        &self,
+        seeds: &[Seed],
+        options: &GenerateOptions,
+    ) -> Result<Vec<RgbaImage>> {
+        options.validate()?;
+        if seeds.is_empty() || seeds.len() > MAX_BATCH {
+            return Err(AvatarError::invalid(
+                "n",
+                format!("batch size {} is out of range 1..={MAX_BATCH}", seeds.len()),
+            ));
+        }
+        let latents = latents_for_seeds(seeds, self.config.latent_dim, &self.device);
+        self.render(latents, options)
+    }
+
+    /// One encoded avatar (`options.format`) and the seed used.
+    pub fn generate_encoded(&self, options: &GenerateOptions) -> Result<EncodedAvatar> {
+        let seed = options.seed.clone().unwrap_or_else(Seed::random);
+        let image = self
+            .generate_batch(std::slice::from_ref(&seed), options)?
+            .remove(0);
+        Ok(EncodedAvatar {
+            bytes: encode(&image, options.format)?,
+            format: options.format,
+            seed,
+        })
+    }
+
+    /// A morph of `steps` frames from `from` to `to` (spherical interpolation of the latents).
+    pub fn interpolate(
+        &self,
+        from: &Seed,
+        to: &Seed,
+        steps: usize,
+        options: &GenerateOptions,
+    ) -> Result<Vec<RgbaImage>> {
+        if !(2..=MAX_BATCH).contains(&steps) {
+            return Err(AvatarError::invalid(
+                "steps",
+                format!("{steps} is out of range 2..={MAX_BATCH}"),
+            ));
+        }
+        options.validate()?;
+        let dim = self.config.latent_dim;
+        let a = from.normal_stream().take_vec(dim);
+        let b = to.normal_stream().take_vec(dim);
+        let mut values = Vec::with_capacity(steps * dim);
+        for i in 0..steps {
+            values.extend(slerp(&a, &b, i as f32 / (steps - 1) as f32));
+        }
+        let latents = Tensor::from_data(TensorData::new(values, [steps, dim]), &self.device);
+        self.render(latents, options)
+    }
+
+    fn render(&self, latents: Tensor<2>, options: &GenerateOptions) -> Result<Vec<RgbaImage>> {
+        let images = self.generator.forward(latents);
+        let [n, channels, h, w] = images.dims();
+        let values = images
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| AvatarError::Backend(format!("{e:?}")))?;
+        let plane = h * w;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let image = &values[i * channels * plane..(i + 1) * channels * plane];
+            let to_u8 = |v: f32| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
+            let mut rgba = RgbaImage::from_fn(w as u32, h as u32, |x, y| {
+                let p = y as usize * w + x as usize;
+                let alpha = if channels == 4 {
+                    to_u8(image[3 * plane + p])
+                } else {
+                    255
+                };
+                image::Rgba([
+                    to_u8(image[p]),
+                    to_u8(image[plane + p]),
+                    to_u8(image[2 * plane + p]),
+                    alpha,
+                ])
+            });
+            if options.transparent && channels == 3 {
+                rgba = key_background(&rgba, MatteOptions::default());
+            }
+            if !options.transparent {
+                rgba = composite_over(&rgba, options.bg_color.unwrap_or(Color::WHITE));
+            }
+            if let Some(size) = options.output_size {
+                rgba = resize(&rgba, size);
+            }
+            out.push(rgba);
+        }
+        Ok(out)
+    }
+}
+
+/// Spherical interpolation between two latent vectors (linear when they are nearly parallel).
+pub fn slerp(a: &[f32], b: &[f32], t: f32) -> Vec<f32> {
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let dot = a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (norm(a) * norm(b)).max(1e-12);
+    let omega = dot.clamp(-1.0, 1.0).acos();
+    if omega.abs() < 1e-4 {
+        return a.iter().zip(b).map(|(x, y)| x + t * (y - x)).collect();
+    }
+    let (sa, sb) = (
+        ((1.0 - t) * omega).sin() / omega.sin(),
+        (t * omega).sin() / omega.sin(),
+    );
+    a.iter().zip(b).map(|(x, y)| sa * x + sb * y).collect()
+}

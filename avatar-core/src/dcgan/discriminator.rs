@@ -1,0 +1,97 @@
+//! The discriminator used to train the generators: strided convolutions down to one logit.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::tensor::activation::leaky_relu;
+use burn::tensor::{Device, Tensor};
+
+use crate::error::{AvatarError, Result};
+
+/// `channels x R x R` image -> one real/fake logit, through 4x4 stride-2 convolutions.
+#[derive(Config, Debug, PartialEq)]
+pub struct DiscriminatorConfig {
+    /// Input side in pixels (the generator's resolution).
+    pub resolution: usize,
+    /// Input channels (3 or 4).
+    pub channels: usize,
+    /// Widths of the stride-2 stages, from the image side; `R / 2^len` must be >= 2.
+    pub widths: Vec<usize>,
+}
+
+/// One `Conv2d 4x4 stride 2 -> [BatchNorm] -> LeakyReLU(0.2)` stage.
+#[derive(Module, Debug)]
+pub struct DownBlock {
+    /// The strided convolution.
+    pub conv: Conv2d,
+    /// Batch normalisation (absent on the first stage, as in DCGAN).
+    pub norm: Option<BatchNorm>,
+}
+
+/// The discriminator module.
+#[derive(Module, Debug)]
+pub struct Discriminator {
+    /// The stride-2 stages.
+    pub blocks: Vec<DownBlock>,
+    /// The final `s0 x s0` convolution to one logit.
+    pub output: Conv2d,
+}
+
+impl DiscriminatorConfig {
+    /// The side of the last feature map.
+    pub fn final_size(&self) -> Result<usize> {
+        let scale = 1usize << self.widths.len();
+        if self.widths.is_empty() || self.resolution % scale != 0 || self.resolution / scale < 2 {
+            return Err(AvatarError::Config(format!(
+                "discriminator: resolution {} is not s0 * 2^{} with s0 >= 2",
+                self.resolution,
+                self.widths.len()
+            )));
+        }
+        Ok(self.resolution / scale)
+    }
+
+    /// Builds the discriminator with DCGAN's N(0, 0.02) initialisation.
+    pub fn init(&self, device: &Device) -> Result<Discriminator> {
+        let s0 = self.final_size()?;
+        let init = burn::nn::Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        let mut blocks = Vec::new();
+        let mut input = self.channels;
+        for (i, &width) in self.widths.iter().enumerate() {
+            blocks.push(DownBlock {
+                conv: Conv2dConfig::new([input, width], [4, 4])
+                    .with_stride([2, 2])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .with_bias(i == 0)
+                    .with_initializer(init.clone())
+                    .init(device),
+                norm: (i > 0).then(|| BatchNormConfig::new(width).init(device)),
+            });
+            input = width;
+        }
+        let output = Conv2dConfig::new([input, 1], [s0, s0])
+            .with_initializer(init)
+            .init(device);
+        Ok(Discriminator { blocks, output })
+    }
+}
+
+impl Discriminator {
+    /// `[N, C, R, R] -> [N]` logits.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<1> {
+        let mut x = images;
+        for block in &self.blocks {
+            x = block.conv.forward(x);
+            if let Some(norm) = &block.norm {
+                x = norm.forward(x);
+            }
+            x = leaky_relu(x, 0.2);
+        }
+        let [n, ..] = x.dims();
+        self.output.forward(x).reshape([n])
+    }
+}

@@ -1,0 +1,93 @@
+//! The seed service's Keras generator, layer for layer.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::{relu, tanh};
+use burn::tensor::{Device, Tensor};
+
+use super::config::GeneratorConfig;
+use crate::error::Result;
+
+/// One `UpSampling2D -> Conv2D 3x3 same -> BatchNormalization -> ReLU` block.
+#[derive(Module, Debug)]
+pub struct UpsampleBlock {
+    /// The 3x3 convolution.
+    pub conv: Conv2d,
+    /// Batch normalisation after the convolution.
+    pub norm: BatchNorm,
+    /// Nearest-neighbour upsampling factor applied before the convolution.
+    pub factor: usize,
+}
+
+impl UpsampleBlock {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        relu(
+            self.norm
+                .forward(self.conv.forward(upsample_nearest(x, self.factor))),
+        )
+    }
+}
+
+/// Keras `Dense(4*4*F0, relu) -> Reshape -> 4 upsample blocks -> Conv2D(channels, 3x3) -> tanh`.
+#[derive(Module, Debug)]
+pub struct KerasUpsampleGenerator {
+    /// The dense projection of the latent vector (Keras kernel layout is [in, out] like burn's).
+    pub dense: Linear,
+    /// The four upsampling blocks.
+    pub blocks: Vec<UpsampleBlock>,
+    /// The output convolution.
+    pub output: Conv2d,
+}
+
+impl KerasUpsampleGenerator {
+    /// Builds the model with random weights (call through [`GeneratorConfig::init`](super::Generator)).
+    pub fn new(config: &GeneratorConfig, device: &Device) -> Result<Self> {
+        let widths = &config.widths;
+        let factors = config.upsample_factors()?;
+        let conv3 = |i: usize, o: usize| {
+            Conv2dConfig::new([i, o], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        };
+        let blocks = (0..4)
+            .map(|i| UpsampleBlock {
+                conv: conv3(widths[i], widths[i + 1]),
+                norm: BatchNormConfig::new(widths[i + 1])
+                    .with_epsilon(config.bn_epsilon)
+                    .with_momentum(config.bn_momentum)
+                    .init(device),
+                factor: factors[i],
+            })
+            .collect();
+        Ok(KerasUpsampleGenerator {
+            dense: LinearConfig::new(config.latent_dim, 16 * widths[0]).init(device),
+            blocks,
+            output: conv3(widths[4], config.channels),
+        })
+    }
+
+    /// `[N, latent] -> [N, channels, H, W]` in [-1, 1].
+    pub fn forward(&self, latent: Tensor<2>) -> Tensor<4> {
+        let [n, _] = latent.dims();
+        let x = relu(self.dense.forward(latent));
+        let features = x.dims()[1] / 16;
+        // Keras reshapes NHWC: [N, 4, 4, F0] then we go to NCHW.
+        let mut x = x.reshape([n, 4, 4, features]).permute([0, 3, 1, 2]);
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        tanh(self.output.forward(x))
+    }
+}
+
+/// Nearest-neighbour upsampling by an integer factor (Keras `UpSampling2D`), exact on every backend.
+pub fn upsample_nearest(x: Tensor<4>, factor: usize) -> Tensor<4> {
+    if factor == 1 {
+        return x;
+    }
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h, 1, w, 1])
+        .expand([n, c, h, factor, w, factor])
+        .reshape([n, c, h * factor, w * factor])
+}

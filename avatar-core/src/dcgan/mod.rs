@@ -1,0 +1,23 @@
+//! DCGAN cartoon-avatar generators: the seed's Keras recipe and our trained transposed models.
+
+mod config;
+mod discriminator;
+mod generator;
+pub mod keras;
+mod keras_import;
+mod keras_upsample;
+mod transposed;
+mod weights;
+
+pub use config::{Architecture, GeneratorConfig};
+pub use discriminator::{Discriminator, DiscriminatorConfig, DownBlock};
+pub use generator::{Generator, latents_for_seeds};
+pub use keras_import::{
+    generator_from_keras, keras_config, load_keras_generator, load_keras_generator_bytes,
+};
+pub use keras_upsample::{KerasUpsampleGenerator, UpsampleBlock, upsample_nearest};
+pub use transposed::{TransposedBlock, TransposedGenerator};
+pub use weights::{
+    CONFIG_METADATA_KEY, StoredDtype, config_from_metadata, config_path_for, generator_from_bytes,
+    generator_to_bytes, load_generator, save_generator,
+};

@@ -1,0 +1,102 @@
+//! The library's one error type: every front end maps it to its own idiom
+//! (an exception in Python and Node, a 4xx/5xx JSON body over HTTP).
+
+use std::path::PathBuf;
+
+/// Errors returned by avatar-core.
+#[derive(Debug, thiserror::Error)]
+pub enum AvatarError {
+    /// A user-supplied option is out of range or malformed; `field` names it.
+    #[error("invalid {field}: {message}")]
+    InvalidOption {
+        /// The option's name as the user wrote it (`seed`, `bg_color`, `size`, ...).
+        field: &'static str,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+    /// The requested backend exists but this build does not include it.
+    #[error("backend {backend} is not compiled into this build (enable the `{feature}` feature)")]
+    BackendNotCompiled {
+        /// The backend that was asked for.
+        backend: String,
+        /// The cargo feature that provides it.
+        feature: &'static str,
+    },
+    /// A weight file is missing a tensor the model needs.
+    #[error("weights: missing tensor `{name}`")]
+    MissingTensor {
+        /// The tensor's key in the file.
+        name: String,
+    },
+    /// A tensor in a weight file has the wrong shape for the configured model.
+    #[error("weights: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        /// The tensor's key in the file.
+        name: String,
+        /// The shape the model config implies.
+        expected: Vec<usize>,
+        /// The shape stored in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor in a weight file has a dtype we cannot load.
+    #[error("weights: tensor `{name}` has unsupported dtype {dtype} (expected f32, f16 or bf16)")]
+    TensorDtype {
+        /// The tensor's key in the file.
+        name: String,
+        /// The stored dtype.
+        dtype: String,
+    },
+    /// A weight or config file could not be parsed.
+    #[error("weights: {0}")]
+    Weights(String),
+    /// A model config is inconsistent.
+    #[error("config: {0}")]
+    Config(String),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Encoding or decoding an image failed.
+    #[error("image: {0}")]
+    Image(String),
+    /// Work was cancelled by the caller (progress callback or cancel token).
+    #[error("cancelled")]
+    Cancelled,
+    /// A tensor operation failed on the device.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+impl AvatarError {
+    /// Shorthand for [`AvatarError::InvalidOption`].
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        AvatarError::InvalidOption {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`AvatarError::Io`].
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        AvatarError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether the error is the caller's fault (bad input) rather than the server's.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            AvatarError::InvalidOption { .. } | AvatarError::Cancelled
+        )
+    }
+}
+
+/// Result alias used across the crate.
+pub type Result<T, E = AvatarError> = std::result::Result<T, E>;

@@ -1,0 +1,32 @@
+//! # avatar-core
+//!
+//! Avatar generation written once in [burn](https://burn.dev): every model runs on the CPU
+//! (`flex`), wgpu or CUDA, chosen at run time with a [`DeviceSpec`].
+//!
+//! - [`dcgan`]: DCGAN cartoon-avatar generators (the seed service's Keras recipe, and our own
+//!   trained RGBA models shipped in the crate), with training under the `train` feature.
+//! - [`AvatarGenerator`]: the high-level API (seeds, transparency, colours, sizes, formats).
+//!
+//! ```no_run
+//! use avatar_core::{AvatarGenerator, DeviceSpec, GenerateOptions, ModelSize};
+//! let generator = AvatarGenerator::load(ModelSize::Large, &"cpu".parse::<DeviceSpec>()?)?;
+//! let png = generator.generate_encoded(&GenerateOptions { seed: Some(7.into()), ..Default::default() })?;
+//! std::fs::write("avatar.png", png.bytes).unwrap();
+//! # Ok::<(), avatar_core::AvatarError>(())
+//! ```
+
+pub mod avatar;
+pub mod dcgan;
+pub mod device;
+pub mod embedded;
+pub mod error;
+pub mod imaging;
+pub mod seed;
+#[cfg(feature = "train")]
+pub mod train;
+
+pub use avatar::{AvatarGenerator, EncodedAvatar, GenerateOptions, ModelSize, WeightsSource};
+pub use burn;
+pub use device::DeviceSpec;
+pub use error::{AvatarError, Result};
+pub use seed::Seed;

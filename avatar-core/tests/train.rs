@@ -1,0 +1,177 @@
+//! DCGAN training: a step learns, resume is exact, bad data is a clear error.
+#![cfg(feature = "train")]
+
+use avatar_core::AvatarError;
+use avatar_core::dcgan::{GeneratorConfig, load_generator};
+use avatar_core::seed::SplitMix64;
+use avatar_core::train::{ImageDataset, TrainConfig, Trainer, bce_with_logits};
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor};
+use image::RgbaImage;
+
+fn config() -> TrainConfig {
+    let generator = GeneratorConfig::transposed(8, 16, 4, vec![16, 8]).unwrap();
+    TrainConfig::dcgan(generator, vec![8, 16])
+        .with_batch_size(8)
+        .with_ema_decay(Some(0.9))
+}
+
+/// Coloured discs on a transparent background.
+fn discs(n: usize, side: u32) -> Vec<RgbaImage> {
+    (0..n)
+        .map(|i| {
+            let colour = [(i * 50 % 256) as u8, 120, (255 - i * 30 % 256) as u8];
+            RgbaImage::from_fn(side, side, |x, y| {
+                let d = ((x as f32 - side as f32 / 2.0).powi(2)
+                    + (y as f32 - side as f32 / 2.0).powi(2))
+                .sqrt();
+                if d < side as f32 * 0.35 {
+                    image::Rgba([colour[0], colour[1], colour[2], 255])
+                } else {
+                    image::Rgba([0, 0, 0, 0])
+                }
+            })
+        })
+        .collect()
+}
+
+fn params(generator: &avatar_core::dcgan::Generator) -> Vec<f32> {
+    let latents = Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(
+            (0..16)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect::<Vec<f32>>(),
+            [2, 8],
+        ),
+        &Device::flex(),
+    );
+    generator
+        .valid()
+        .forward(latents)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn one_step_changes_the_weights_and_lowers_the_discriminator_loss() {
+    let data = ImageDataset::from_images(discs(8, 16), 4).unwrap();
+    let mut trainer = Trainer::new(config(), &Device::flex()).unwrap();
+    let device = Device::flex().autodiff();
+    let real = data.sample_batch(8, false, &mut SplitMix64::new(1), &device);
+    let fake = trainer
+        .generator()
+        .forward(Tensor::<2>::random(
+            [8, 8],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        ))
+        .detach();
+    let d_loss = |trainer: &Trainer| {
+        let d = trainer.discriminator();
+        let loss = bce_with_logits(d.forward(real.clone()), 1.0)
+            + bce_with_logits(d.forward(fake.clone()), 0.0);
+        loss.into_scalar::<f32>()
+    };
+    let before_loss = d_loss(&trainer);
+    let before_g = params(trainer.generator());
+    let stats = trainer.step(&data).unwrap();
+    assert_eq!(stats.step, 1);
+    assert!(stats.loss_discriminator.is_finite() && stats.loss_generator.is_finite());
+    let after_loss = d_loss(&trainer);
+    assert!(
+        after_loss < before_loss,
+        "D loss {before_loss} -> {after_loss}"
+    );
+    assert_ne!(
+        before_g,
+        params(trainer.generator()),
+        "the generator did not change"
+    );
+    assert_eq!(trainer.images_seen(), 8);
+}
+
+#[test]
+fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
+    let data = ImageDataset::from_images(discs(8, 16), 4).unwrap();
+    let config = config().with_instance_noise(0.1).with_label_smoothing(0.1);
+    let mut straight = Trainer::new(config.clone(), &Device::flex()).unwrap();
+    for _ in 0..4 {
+        straight.step(&data).unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("checkpoint");
+    let mut first = Trainer::new(config, &Device::flex()).unwrap();
+    for _ in 0..2 {
+        first.step(&data).unwrap();
+    }
+    first.save_checkpoint(&checkpoint).unwrap();
+    // Saving twice replaces the checkpoint atomically.
+    first.save_checkpoint(&checkpoint).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(&checkpoint, &Device::flex(), |_| {}).unwrap();
+    assert_eq!(resumed.step_count(), 2);
+    for _ in 0..2 {
+        resumed.step(&data).unwrap();
+    }
+    assert_eq!(params(straight.generator()), params(resumed.generator()));
+    assert_eq!(
+        params(&straight.inference_generator()),
+        params(&resumed.inference_generator())
+    );
+
+    // The export loads as an inference model of the configured size.
+    let export = dir.path().join("export/model.safetensors");
+    resumed
+        .export(&export, avatar_core::dcgan::StoredDtype::F16)
+        .unwrap();
+    let (loaded_config, _) = load_generator(&export, &Device::flex()).unwrap();
+    assert_eq!(loaded_config.resolution, 16);
+
+    // A resumed run cannot change the architecture.
+    let err = Trainer::resume(&checkpoint, &Device::flex(), |c| {
+        c.generator.widths = vec![8, 8]
+    })
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("architecture"), "{err}");
+}
+
+#[test]
+fn bad_data_folders_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    assert!(matches!(
+        ImageDataset::load(&missing, 16, 4, None),
+        Err(AvatarError::Io { .. })
+    ));
+    match ImageDataset::load(dir.path(), 16, 4, None) {
+        Err(AvatarError::InvalidOption {
+            field: "data",
+            message,
+        }) => assert!(message.contains("no images"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(dir.path().join("broken.png"), b"\x89PNG not really").unwrap();
+    match ImageDataset::load(dir.path(), 16, 4, None) {
+        Err(AvatarError::Image(message)) => assert!(message.contains("broken.png"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    // Mixed RGB / RGBA / non-square images of other sizes load and are resized.
+    std::fs::remove_file(dir.path().join("broken.png")).unwrap();
+    image::RgbImage::from_pixel(40, 30, image::Rgb([200, 10, 10]))
+        .save(dir.path().join("a.jpg"))
+        .unwrap();
+    discs(1, 64)[0].save(dir.path().join("b.png")).unwrap();
+    let data = ImageDataset::load(dir.path(), 16, 3, None).unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data.image(0).dimensions(), (16, 16));
+    // Wrong resolution for the model is an error, not a panic.
+    let mut trainer = Trainer::new(config(), &Device::flex()).unwrap();
+    let wrong = ImageDataset::from_images(discs(2, 32), 4).unwrap();
+    assert!(matches!(
+        trainer.step(&wrong),
+        Err(AvatarError::InvalidOption { field: "data", .. })
+    ));
+}

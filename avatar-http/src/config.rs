@@ -1,0 +1,211 @@
+//! Command-line flags and environment variables (every flag has an `AVATAR_*` twin).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use avatar_core::DeviceSpec;
+use clap::{Parser, ValueEnum};
+
+/// Where finished tasks and their images are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// Files under `--data-dir`: results survive a restart (the default).
+    Disk,
+    /// The process's memory only: everything is lost on exit.
+    Memory,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The server's configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "avatar-http",
+    version,
+    about = "DCGAN Avatar Generation API: cartoon avatars over HTTP"
+)]
+pub struct Config {
+    /// Address to bind. A non-loopback address requires `--auth-token` (or `--no-auth`).
+    #[arg(long, env = "AVATAR_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to bind (0 picks a free one).
+    #[arg(long, env = "AVATAR_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Compute device: cpu, wgpu, cuda, cuda:N or auto.
+    #[arg(long, env = "AVATAR_DEVICE", default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceSpec,
+    /// Directory holding `dcgan_small.safetensors` and `dcgan_large.safetensors` to use instead
+    /// of the weights compiled into the binary.
+    #[arg(long, env = "AVATAR_WEIGHTS_DIR")]
+    pub weights_dir: Option<PathBuf>,
+
+    /// API tokens accepted as `Authorization: Bearer <token>` or as a `key` field in JSON bodies
+    /// (comma-separated). Setting one turns authentication on.
+    #[arg(
+        long = "auth-token",
+        env = "AVATAR_API_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_tokens: Vec<String>,
+    /// Serve without authentication even on a non-loopback address.
+    #[arg(long, env = "AVATAR_NO_AUTH")]
+    pub no_auth: bool,
+
+    /// Task storage backend.
+    #[arg(long, env = "AVATAR_STORE", value_enum, default_value = "disk")]
+    pub store: StoreKind,
+    /// Directory of the on-disk store (default: `$XDG_DATA_HOME/avatar-http` or
+    /// `~/.local/share/avatar-http`).
+    #[arg(long, env = "AVATAR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// How long finished tasks and their images are kept, in seconds.
+    #[arg(long, env = "AVATAR_TASK_TTL", default_value_t = 86_400)]
+    pub task_ttl_secs: u64,
+
+    /// Model worker threads per model size for `/generate-image` and `/avatar`.
+    #[arg(long, env = "AVATAR_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+    /// Requests that may wait per model size before new ones get 503 + Retry-After.
+    #[arg(long, env = "AVATAR_QUEUE_CAPACITY", default_value_t = 256)]
+    pub queue_capacity: usize,
+    /// Most images generated in one forward pass (micro-batching).
+    #[arg(long, env = "AVATAR_MAX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_batch: u16,
+    /// How long a worker waits for more requests to batch with the first one, in milliseconds.
+    #[arg(long, env = "AVATAR_BATCH_WINDOW_MS", default_value_t = 2)]
+    pub batch_window_ms: u64,
+
+    /// Model worker threads running tasks (`POST /tasks/...`).
+    #[arg(long, env = "AVATAR_TASK_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub task_workers: u16,
+    /// Tasks that may wait before new ones get 429 + Retry-After.
+    #[arg(long, env = "AVATAR_TASK_QUEUE_CAPACITY", default_value_t = 64)]
+    pub task_queue_capacity: usize,
+
+    /// Largest accepted `output_size` in pixels.
+    #[arg(long, env = "AVATAR_MAX_OUTPUT_SIZE", default_value_t = 512)]
+    pub max_output_size: u32,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "AVATAR_BODY_LIMIT", default_value_t = 64 * 1024)]
+    pub body_limit: usize,
+    /// Per-request timeout in seconds (answered with 503).
+    #[arg(long, env = "AVATAR_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// How long a shutdown waits for running tasks before interrupting them, in seconds.
+    #[arg(long, env = "AVATAR_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
+    /// Delivery attempts per webhook before giving up.
+    #[arg(long, env = "AVATAR_WEBHOOK_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub webhook_attempts: u32,
+    /// Delay before the first webhook retry in milliseconds (doubles each time, capped at 60 s).
+    #[arg(long, env = "AVATAR_WEBHOOK_BACKOFF_MS", default_value_t = 500)]
+    pub webhook_backoff_ms: u64,
+    /// Timeout of one webhook delivery attempt in seconds.
+    #[arg(long, env = "AVATAR_WEBHOOK_TIMEOUT", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
+    /// Public base URL used for absolute links in webhook payloads (default: the bound address).
+    #[arg(long, env = "AVATAR_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "AVATAR_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_device(text: &str) -> Result<DeviceSpec, String> {
+    text.parse::<DeviceSpec>().map_err(|e| e.to_string())
+}
+
+impl Config {
+    /// A configuration with every default, for tests and embedding (binds 127.0.0.1:0).
+    pub fn for_tests() -> Self {
+        let mut config = Config::parse_from(["avatar-http", "--port", "0", "--store", "memory"]);
+        config.batch_window_ms = 1;
+        config
+    }
+
+    /// The socket address to bind.
+    pub fn bind_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    /// The micro-batching window.
+    pub fn batch_window(&self) -> Duration {
+        Duration::from_millis(self.batch_window_ms)
+    }
+
+    /// The on-disk store's directory (flag, env, XDG data dir, then `./avatar-data`).
+    pub fn resolved_data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(xdg).join("avatar-http");
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(home).join(".local/share/avatar-http");
+        }
+        PathBuf::from("avatar-data")
+    }
+
+    /// Whether requests must carry a token.
+    pub fn auth_required(&self) -> bool {
+        !self.no_auth && !self.auth_tokens.is_empty()
+    }
+
+    /// Refuses configurations that would expose an open server or are self-contradictory.
+    pub fn check(&self) -> Result<(), String> {
+        if self.auth_tokens.iter().any(|t| t.trim().is_empty()) {
+            return Err("--auth-token: empty tokens are not allowed".into());
+        }
+        if !self.host.is_loopback() && self.auth_tokens.is_empty() && !self.no_auth {
+            return Err(format!(
+                "refusing to serve on non-loopback address {} without authentication: \
+                 pass --auth-token <TOKEN> (AVATAR_API_TOKENS) or --no-auth",
+                self.host
+            ));
+        }
+        if self.queue_capacity == 0 || self.task_queue_capacity == 0 {
+            return Err("queue capacities must be at least 1".into());
+        }
+        if let Some(url) = &self.public_url {
+            reqwest::Url::parse(url).map_err(|e| format!("--public-url {url:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_seed_service() {
+        let config = Config::parse_from(["avatar-http"]);
+        assert_eq!(config.bind_addr().to_string(), "127.0.0.1:8000");
+        assert_eq!(config.device, DeviceSpec::Cpu);
+        assert!(!config.auth_required());
+        assert!(config.check().is_ok());
+    }
+
+    #[test]
+    fn public_bind_needs_a_token_or_an_explicit_opt_out() {
+        let open = Config::parse_from(["avatar-http", "--host", "0.0.0.0"]);
+        assert!(open.check().unwrap_err().contains("--auth-token"));
+        let token = Config::parse_from(["avatar-http", "--host", "0.0.0.0", "--auth-token", "a,b"]);
+        assert!(token.check().is_ok());
+        assert_eq!(token.auth_tokens, ["a", "b"]);
+        let opted_out = Config::parse_from(["avatar-http", "--host", "0.0.0.0", "--no-auth"]);
+        assert!(opted_out.check().is_ok() && !opted_out.auth_required());
+    }
+}

@@ -1,0 +1,67 @@
+//! The OpenAPI document, generated from the handlers' annotations with utoipa.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes;
+
+/// The API description served at `/openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Avatar Generation API",
+        description = "Cartoon avatars from a DCGAN, served by a Rust (burn) port of the FastAPI service.\n\n\
+            `GET /generate-image` and `GET /health` answer exactly as the original service; extra \
+            parameters (seed, colours, formats, sizes), permanent per-seed avatars, batch tasks with \
+            progress, cancellation and webhooks are additions.\n\n\
+            Authentication is off on loopback by default. When the server has tokens, send \
+            `Authorization: Bearer <token>` (or a `key` field in JSON bodies).",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    paths(
+        routes::health::health,
+        routes::generate::generate_image,
+        routes::avatar::avatar,
+        routes::tasks::create_avatar_task,
+        routes::tasks::get_task,
+        routes::tasks::cancel_task,
+        routes::tasks::get_result,
+        routes::metrics::metrics,
+    ),
+    components(schemas(
+        crate::error::ErrorBody,
+        crate::tasks::TaskView,
+        crate::tasks::TaskStatus,
+        crate::tasks::record::WebhookDelivery,
+        crate::tasks::record::DeliveryState,
+        crate::params::SizeParam,
+        crate::params::FormatParam,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "avatars", description = "Draw avatars synchronously"),
+        (name = "tasks", description = "Long-running work: queue, poll, cancel, download, webhooks"),
+        (name = "service", description = "Health and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The document as pretty JSON, with the server's version.
+pub fn render() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc.to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}

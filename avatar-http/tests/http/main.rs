@@ -1,0 +1,9 @@
+//! Integration tests: a real server on a free loopback port, spoken to over HTTP.
+//!
+//! Run with `cargo test --release -p avatar-http`.
+
+mod api;
+mod auth;
+mod browser;
+mod common;
+mod tasks;

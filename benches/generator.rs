@@ -1,0 +1,75 @@
+//! Generator forward pass on the CPU (flex): batch 1 and 64 at 96 and 128 px, for the seed's
+//! Keras architecture (random weights: speed does not depend on them) and our shipped models.
+//!
+//! `cargo bench -p avatar-core --bench generator`
+
+use avatar_core::dcgan::{Generator, GeneratorConfig};
+use avatar_core::{AvatarGenerator, DeviceSpec, GenerateOptions, ModelSize, Seed};
+use burn::tensor::{Device, Distribution, Tensor};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+fn forward(generator: &Generator, latents: &Tensor<2>) -> Vec<f32> {
+    generator
+        .forward(latents.clone())
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("f32 output")
+}
+
+fn keras_architecture(c: &mut Criterion) {
+    let device = Device::flex();
+    let mut group = c.benchmark_group("keras_seed_generator");
+    group.sample_size(20);
+    for resolution in [96, 128] {
+        let config = GeneratorConfig::keras_seed(resolution).expect("config");
+        let generator = burn::module::Module::valid(&config.init(&device).expect("init"));
+        for batch in [1usize, 64] {
+            let latents = Tensor::<2>::random(
+                [batch, config.latent_dim],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("{resolution}px"), batch),
+                &batch,
+                |b, _| b.iter(|| forward(&generator, &latents)),
+            );
+        }
+    }
+    group.finish();
+}
+
+fn shipped_models(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shipped_avatar_png");
+    group.sample_size(20);
+    for size in ModelSize::ALL {
+        let Ok(generator) = AvatarGenerator::load(size, &DeviceSpec::Cpu) else {
+            eprintln!("skipping {}: no embedded weights", size.as_str());
+            continue;
+        };
+        group.bench_function(format!("{}_png", size.as_str()), |b| {
+            let mut n = 0u64;
+            b.iter(|| {
+                n += 1;
+                generator
+                    .generate_encoded(&GenerateOptions {
+                        seed: Some(Seed::Number(n)),
+                        ..Default::default()
+                    })
+                    .expect("generate")
+            })
+        });
+        let seeds: Vec<Seed> = (0..64u64).map(Seed::Number).collect();
+        group.bench_function(format!("{}_batch64_images", size.as_str()), |b| {
+            b.iter(|| {
+                generator
+                    .generate_batch(&seeds, &GenerateOptions::default())
+                    .expect("batch")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, keras_architecture, shipped_models);
+criterion_main!(benches);
