@@ -153,7 +153,7 @@ mod tests {
                 }
             ));
         }
-        assert_eq!(DeviceSpec::Auto.resolve().is_compiled(), true);
+        assert!(DeviceSpec::Auto.resolve().is_compiled());
         DeviceSpec::Cpu.device().unwrap();
     }
 }

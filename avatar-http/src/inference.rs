@@ -318,7 +318,7 @@ fn worker_loop(
                     let error = if user {
                         match &error {
                             AvatarError::InvalidOption { field, message } => {
-                                AvatarError::invalid(*field, message.clone())
+                                AvatarError::invalid(field, message.clone())
                             }
                             _ => AvatarError::Backend(message.clone()),
                         }

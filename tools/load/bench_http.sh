@@ -21,6 +21,7 @@ DURATION="${DURATION:-20s}"
 CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-2}"
 WARMUP="${WARMUP:-3s}"
+WRK_TIMEOUT="${WRK_TIMEOUT:-60s}"
 VENV="${VENV:-/work/venv-keras}"
 TARGETS="${TARGETS:-rust-embedded rust-seed-arch reference reference-call}"
 RUST_PORT="${RUST_PORT:-18080}"
@@ -51,15 +52,16 @@ declare -A RPS P50 P99 NON2XX CMD SERVER_CMD
 LAST_CMD=""
 measure() { # name url
   local name="$1" url="$2/generate-image"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$url" >/dev/null
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" --timeout "$WRK_TIMEOUT" "$url" >/dev/null
   local out="$WORK/$name.wrk.txt"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url" | tee "$out"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout "$WRK_TIMEOUT" --latency "$url" | tee "$out"
   RPS[$name]="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
   P50[$name]="$(awk '$1 == "50%" {print $2}' "$out")"
   P99[$name]="$(awk '$1 == "99%" {print $2}' "$out")"
   NON2XX[$name]="$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$out")"
-  NON2XX[$name]="${NON2XX[$name]:-0}"
-  CMD[$name]="wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency $url"
+  NON2XX[$name]="${NON2XX[$name]:-0} / $(awk '/Socket errors/ {gsub(",", ""); print $NF}' "$out")"
+  [[ "${NON2XX[$name]}" == *" / " ]] && NON2XX[$name]="${NON2XX[$name]}0"
+  CMD[$name]="wrk -t$THREADS -c$CONNECTIONS -d$DURATION --timeout $WRK_TIMEOUT --latency $url"
   LAST_CMD="${CMD[$name]}"
 }
 
@@ -123,12 +125,12 @@ BASE="${RPS[reference]:-}"
   echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -m);"
   echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other jobs share this machine)."
   echo
-  echo "| target | server | req/s | p50 | p99 | non-2xx | vs reference |"
+  echo "| target | server | req/s | p50 | p99 | non-2xx / timeouts | vs reference |"
   echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
   for target in $TARGETS; do
     [[ -n "${RPS[$target]:-}" ]] || continue
     ratio="—"
-    if [[ -n "$BASE" ]]; then ratio="$(awk -v a="${RPS[$target]}" -v b="$BASE" 'BEGIN { printf "%.1fx", a / b }')"; fi
+    if [[ -n "$BASE" ]] && awk -v b="$BASE" 'BEGIN { exit !(b > 0) }'; then ratio="$(awk -v a="${RPS[$target]}" -v b="$BASE" 'BEGIN { printf "%.1fx", a / b }')"; fi
     echo "| $target | \`${SERVER_CMD[$target]}\` | ${RPS[$target]} | ${P50[$target]} | ${P99[$target]} | ${NON2XX[$target]} | $ratio |"
   done
   echo

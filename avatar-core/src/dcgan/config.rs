@@ -84,7 +84,7 @@ impl GeneratorConfig {
 
     /// The UpSampling2D factors of the Keras recipe: 2, 2, 2 and `resolution / 32`.
     pub fn upsample_factors(&self) -> Result<Vec<usize>> {
-        if self.resolution % 32 != 0 || self.resolution < 32 {
+        if !self.resolution.is_multiple_of(32) || self.resolution < 32 {
             return Err(AvatarError::Config(format!(
                 "keras-upsample needs a resolution that is a multiple of 32, got {}",
                 self.resolution
@@ -96,7 +96,10 @@ impl GeneratorConfig {
     /// The side of the first feature map of the transposed architecture.
     pub fn initial_size(&self) -> Result<usize> {
         let scale = 1usize << self.widths.len();
-        if self.widths.is_empty() || self.resolution % scale != 0 || self.resolution / scale < 2 {
+        if self.widths.is_empty()
+            || !self.resolution.is_multiple_of(scale)
+            || self.resolution / scale < 2
+        {
             return Err(AvatarError::Config(format!(
                 "transposed: resolution {} is not s0 * 2^{} with s0 >= 2",
                 self.resolution,

@@ -42,7 +42,10 @@ impl DiscriminatorConfig {
     /// The side of the last feature map.
     pub fn final_size(&self) -> Result<usize> {
         let scale = 1usize << self.widths.len();
-        if self.widths.is_empty() || self.resolution % scale != 0 || self.resolution / scale < 2 {
+        if self.widths.is_empty()
+            || !self.resolution.is_multiple_of(scale)
+            || self.resolution / scale < 2
+        {
             return Err(AvatarError::Config(format!(
                 "discriminator: resolution {} is not s0 * 2^{} with s0 >= 2",
                 self.resolution,

@@ -156,7 +156,7 @@ impl Trainer {
         let ema = config.ema_decay.map(|_| generator.valid());
         Ok(Trainer {
             data_rng: SplitMix64::new(config.seed ^ 0xD1CE_DA7A),
-            latent_rng: NormalStream::new(config.seed ^ 0x1A7E_47),
+            latent_rng: NormalStream::new(config.seed ^ 0x001A_7E47),
             optim_generator: config.adam(),
             optim_discriminator: config.adam(),
             state: TrainState::new(config.clone()),

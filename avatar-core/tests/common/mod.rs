@@ -14,8 +14,11 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A shape and its row-major values.
+pub type Array = (Vec<usize>, Vec<f32>);
+
 /// `(latent [N, z], expected output [N, H, W, C])` from a `.io.safetensors` fixture.
-pub fn io(name: &str) -> ((Vec<usize>, Vec<f32>), (Vec<usize>, Vec<f32>)) {
+pub fn io(name: &str) -> (Array, Array) {
     let bytes = std::fs::read(fixture(name)).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let read = |key: &str| {

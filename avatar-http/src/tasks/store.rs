@@ -25,10 +25,13 @@ pub trait TaskStore: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
+/// A task record and its results by index.
+type StoredTask = (TaskRecord, HashMap<usize, Vec<u8>>);
+
 /// Keeps everything in the process's memory.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    tasks: Mutex<HashMap<String, (TaskRecord, HashMap<usize, Vec<u8>>)>>,
+    tasks: Mutex<HashMap<String, StoredTask>>,
 }
 
 impl MemoryStore {

@@ -321,7 +321,6 @@ async fn interrupted_tasks_are_requeued_after_a_restart() {
     let queued = id_of(submit(&s, &json!({ "n": 2, "seed": 2 })).await).await;
     s.stop().await;
 
-    let mut cfg = cfg;
     cfg.shutdown_grace_secs = 30;
     let s = TestServer::start(cfg).await;
     for id in [&running, &queued] {
