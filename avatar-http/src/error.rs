@@ -235,15 +235,23 @@ impl IntoResponse for ApiError {
 
 /// The documented accepted values of each parameter, for 422 bodies.
 pub fn allowed_values(field: &str) -> Option<Vec<String>> {
-    let list: &[&str] = match field {
-        "size" => &["small", "large"],
-        "transparent" => &["true", "false"],
-        "format" => &["png", "webp", "jpeg"],
-        "bg_color" => &["#RRGGBB", "#RRGGBBAA"],
-        "extension" => &["png", "webp", "jpg", "jpeg"],
+    use avatar_core::ModelSize;
+    use avatar_core::imaging::ImageFormat;
+    let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+    Some(match field {
+        "size" => ModelSize::ALL
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect(),
+        "format" => ImageFormat::ALL
+            .iter()
+            .map(|f| f.as_str().to_string())
+            .collect(),
+        "transparent" => owned(&["true", "false"]),
+        "bg_color" => owned(&["#RRGGBB", "#RRGGBBAA"]),
+        "extension" => owned(&["png", "webp", "jpg", "jpeg"]),
         _ => return None,
-    };
-    Some(list.iter().map(|s| s.to_string()).collect())
+    })
 }
 
 #[cfg(test)]

@@ -95,18 +95,7 @@ impl GeneratorConfig {
 
     /// The side of the first feature map of the transposed architecture.
     pub fn initial_size(&self) -> Result<usize> {
-        let scale = 1usize << self.widths.len();
-        if self.widths.is_empty()
-            || !self.resolution.is_multiple_of(scale)
-            || self.resolution / scale < 2
-        {
-            return Err(AvatarError::Config(format!(
-                "transposed: resolution {} is not s0 * 2^{} with s0 >= 2",
-                self.resolution,
-                self.widths.len()
-            )));
-        }
-        Ok(self.resolution / scale)
+        base_size(self.resolution, self.widths.len(), "transposed")
     }
 
     /// Checks that the configuration describes a buildable model.
@@ -155,4 +144,16 @@ impl GeneratorConfig {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("config serialises")
     }
+}
+
+/// `resolution / 2^stages`, the side of the smallest feature map of a stack of stride-2 stages;
+/// an error unless it is a whole number >= 2. `owner` names the model in the message.
+pub(crate) fn base_size(resolution: usize, stages: usize, owner: &str) -> Result<usize> {
+    let scale = 1usize << stages.min(31);
+    if stages == 0 || !resolution.is_multiple_of(scale) || resolution / scale < 2 {
+        return Err(AvatarError::Config(format!(
+            "{owner}: resolution {resolution} is not s0 * 2^{stages} with s0 >= 2"
+        )));
+    }
+    Ok(resolution / scale)
 }

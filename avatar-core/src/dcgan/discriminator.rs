@@ -7,7 +7,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::activation::leaky_relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::error::{AvatarError, Result};
+use super::config::base_size;
+use crate::error::Result;
 
 /// `channels x R x R` image -> one real/fake logit, through 4x4 stride-2 convolutions.
 #[derive(Config, Debug, PartialEq)]
@@ -41,18 +42,7 @@ pub struct Discriminator {
 impl DiscriminatorConfig {
     /// The side of the last feature map.
     pub fn final_size(&self) -> Result<usize> {
-        let scale = 1usize << self.widths.len();
-        if self.widths.is_empty()
-            || !self.resolution.is_multiple_of(scale)
-            || self.resolution / scale < 2
-        {
-            return Err(AvatarError::Config(format!(
-                "discriminator: resolution {} is not s0 * 2^{} with s0 >= 2",
-                self.resolution,
-                self.widths.len()
-            )));
-        }
-        Ok(self.resolution / scale)
+        base_size(self.resolution, self.widths.len(), "discriminator")
     }
 
     /// Builds the discriminator with DCGAN's N(0, 0.02) initialisation.

@@ -18,6 +18,18 @@ pub enum ImageFormat {
 }
 
 impl ImageFormat {
+    /// Every format, in the order error messages list them.
+    pub const ALL: [ImageFormat; 3] = [ImageFormat::Png, ImageFormat::Webp, ImageFormat::Jpeg];
+
+    /// The name accepted by [`FromStr`] (`png`, `webp`, `jpeg`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Webp => "webp",
+            ImageFormat::Jpeg => "jpeg",
+        }
+    }
+
     /// The MIME type.
     pub fn mime(self) -> &'static str {
         match self {
