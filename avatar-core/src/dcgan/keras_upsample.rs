@@ -93,6 +93,7 @@ pub fn upsample_nearest(x: Tensor<4>, factor: usize) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
     interpolate(
         x,
-        InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h * factor, w * factor]),
+        InterpolateOptions::new(InterpolateMode::Nearest)
+            .with_output_size([h * factor, w * factor]),
     )
 }
