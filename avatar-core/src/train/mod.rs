@@ -7,6 +7,7 @@
 mod checkpoint;
 mod dataset;
 mod ema;
+mod init;
 mod trainer;
 
 pub use checkpoint::TrainState;

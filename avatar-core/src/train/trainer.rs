@@ -11,6 +11,7 @@ use image::RgbaImage;
 use super::checkpoint::TrainState;
 use super::dataset::ImageDataset;
 use super::ema::ema_update;
+use super::init::redraw_random_init;
 use crate::avatar::AvatarGenerator;
 use crate::dcgan::{
     Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, StoredDtype, save_generator,
@@ -150,9 +151,9 @@ impl Trainer {
     pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
         config.validate()?;
         let device = device.clone().autodiff();
-        device.seed(config.seed);
-        let generator = config.generator.init(&device)?;
-        let discriminator = config.discriminator.init(&device)?;
+        let generator = redraw_random_init(config.generator.init(&device)?, config.seed ^ 0x6E4E);
+        let discriminator =
+            redraw_random_init(config.discriminator.init(&device)?, config.seed ^ 0xD15C);
         let ema = config.ema_decay.map(|_| generator.valid());
         Ok(Trainer {
             data_rng: SplitMix64::new(config.seed ^ 0xD1CE_DA7A),
