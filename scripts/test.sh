@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: Rust (unit, integration, doc), the wgpu correctness set when a
-# Vulkan driver is present, clippy, and the type-check of the opt-in CUDA backend.
+# Vulkan driver is present, the Python package (pytest), the Node package (node --test), the
+# Next.js example, clippy, and the type-check of the opt-in CUDA backend.
 # Usage: scripts/test.sh            (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,25 @@ if [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -n "${AVATAR_WGPU_TES
 else
   step "wgpu correctness set skipped: no Vulkan driver (apt-get install mesa-vulkan-drivers)"
 fi
+
+step "python package: pip install ./avatar-py (maturin, shared target dir), then pytest"
+venv=target/py-venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check "maturin>=1.16,<2" "pytest>=8" "numpy>=1.21" "pillow>=9"
+# --no-build-isolation: use the maturin above; maturin builds into ./target with the same profile
+# and features as every other crate, so burn is not rebuilt.
+PATH="$PWD/$venv/bin:$PATH" "$venv/bin/pip" install -q --disable-pip-version-check \
+  --no-build-isolation --force-reinstall --no-deps ./avatar-py
+"$venv/bin/python" -m pytest -q avatar-py/tests
+
+step "node package: napi build of avatar-node, then node --test"
+(cd avatar-node && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build && npm test)
+
+step "next.js example: next build, next start, HTTP and headless-Chromium checks"
+# install-links=true (.npmrc) copies the addon; drop the old copy so the fresh build is taken.
+# (npm install, not npm ci: npm 11 rejects this lockfile's other-platform optional @next/swc-*.)
+(cd examples/nextjs && rm -rf node_modules/@avatar/node &&
+  npm install --no-audit --no-fund --loglevel=error && npx next build && npm test)
 
 step "clippy, with the opt-in cuda backend type-checked in the same pass (DOCS_RS=1: its build script would download LLVM)"
 DOCS_RS=1 cargo clippy --release --workspace --all-targets --features avatar-core/cuda -- -D warnings

@@ -21,8 +21,10 @@ use crate::seed::Seed;
 
 /// Smallest and largest accepted `output_size`.
 pub const OUTPUT_SIZE_RANGE: std::ops::RangeInclusive<u32> = 16..=1024;
-/// Largest accepted batch in one call.
+/// Largest accepted batch in one forward pass.
 pub const MAX_BATCH: usize = 256;
+/// Largest accepted batch in [`AvatarGenerator::generate_batch_with_progress`] (done in chunks).
+pub const MAX_BATCH_WITH_PROGRESS: usize = 10_000;
 
 /// The two shipped models: `small` (96x96, latent 100) and `large` (128x128, latent 128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -147,6 +149,18 @@ impl GenerateOptions {
     }
 }
 
+/// Progress of a long call: `done` of `total` avatars are finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Avatars finished so far.
+    pub done: usize,
+    /// Avatars asked for.
+    pub total: usize,
+}
+
+/// Avatars per forward pass in [`AvatarGenerator::generate_batch_with_progress`].
+pub const PROGRESS_CHUNK: usize = 16;
+
 /// An encoded avatar and the seed that made it.
 #[derive(Debug, Clone)]
 pub struct EncodedAvatar {
@@ -248,14 +262,45 @@ impl AvatarGenerator {
         options: &GenerateOptions,
     ) -> Result<Vec<RgbaImage>> {
         options.validate()?;
-        if seeds.is_empty() || seeds.len() > MAX_BATCH {
-            return Err(AvatarError::invalid(
-                "n",
-                format!("batch size {} is out of range 1..={MAX_BATCH}", seeds.len()),
-            ));
-        }
+        check_batch_size(seeds.len(), MAX_BATCH)?;
         let latents = latents_for_seeds(seeds, self.config.latent_dim, &self.device);
         self.render(latents, options)
+    }
+
+    /// Like [`AvatarGenerator::generate_batch`], in forward passes of [`PROGRESS_CHUNK`] avatars,
+    /// calling `progress` after each; returning `false` from it stops the work with
+    /// [`AvatarError::Cancelled`]. The result equals `generate_batch`'s.
+    ///
+    /// ```no_run
+    /// # use avatar_core::{AvatarGenerator, DeviceSpec, GenerateOptions, ModelSize, Seed};
+    /// let generator = AvatarGenerator::load(ModelSize::Small, &DeviceSpec::Cpu)?;
+    /// let seeds: Vec<Seed> = (0..64).map(Seed::Number).collect();
+    /// let avatars = generator.generate_batch_with_progress(&seeds, &GenerateOptions::default(), |p| {
+    ///     eprintln!("{}/{}", p.done, p.total);
+    ///     true
+    /// })?;
+    /// # Ok::<(), avatar_core::AvatarError>(())
+    /// ```
+    pub fn generate_batch_with_progress(
+        &self,
+        seeds: &[Seed],
+        options: &GenerateOptions,
+        mut progress: impl FnMut(Progress) -> bool,
+    ) -> Result<Vec<RgbaImage>> {
+        options.validate()?;
+        check_batch_size(seeds.len(), MAX_BATCH_WITH_PROGRESS)?;
+        let mut out = Vec::with_capacity(seeds.len());
+        for chunk in seeds.chunks(PROGRESS_CHUNK) {
+            out.extend(self.generate_batch(chunk, options)?);
+            let report = Progress {
+                done: out.len(),
+                total: seeds.len(),
+            };
+            if !progress(report) {
+                return Err(AvatarError::Cancelled);
+            }
+        }
+        Ok(out)
     }
 
     /// One encoded avatar (`options.format`) and the seed used.
@@ -336,6 +381,16 @@ impl AvatarGenerator {
         }
         Ok(out)
     }
+}
+
+fn check_batch_size(n: usize, max: usize) -> Result<()> {
+    if n == 0 || n > max {
+        return Err(AvatarError::invalid(
+            "n",
+            format!("batch size {n} is out of range 1..={max}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Spherical interpolation between two latent vectors (linear when they are nearly parallel).

@@ -89,6 +89,38 @@ impl AvatarError {
         }
     }
 
+    /// A stable machine-readable code for the error kind, used by every front end (the `code` of
+    /// Node errors, the Python exception class, the HTTP error body).
+    ///
+    /// ```
+    /// use avatar_core::AvatarError;
+    /// assert_eq!(AvatarError::invalid("seed", "bad").code(), "ERR_INVALID_OPTION");
+    /// assert_eq!(AvatarError::Cancelled.code(), "ERR_CANCELLED");
+    /// ```
+    pub fn code(&self) -> &'static str {
+        match self {
+            AvatarError::InvalidOption { .. } => "ERR_INVALID_OPTION",
+            AvatarError::BackendNotCompiled { .. } => "ERR_BACKEND_NOT_COMPILED",
+            AvatarError::MissingTensor { .. }
+            | AvatarError::TensorShape { .. }
+            | AvatarError::TensorDtype { .. }
+            | AvatarError::Weights(_) => "ERR_WEIGHTS",
+            AvatarError::Config(_) => "ERR_CONFIG",
+            AvatarError::Io { .. } => "ERR_IO",
+            AvatarError::Image(_) => "ERR_IMAGE",
+            AvatarError::Cancelled => "ERR_CANCELLED",
+            AvatarError::Backend(_) => "ERR_BACKEND",
+        }
+    }
+
+    /// The offending option's name, for [`AvatarError::InvalidOption`].
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            AvatarError::InvalidOption { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
     /// Whether the error is the caller's fault (bad input) rather than the server's.
     pub fn is_user_error(&self) -> bool {
         matches!(

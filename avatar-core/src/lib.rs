@@ -25,7 +25,9 @@ pub mod seed;
 #[cfg(feature = "train")]
 pub mod train;
 
-pub use avatar::{AvatarGenerator, EncodedAvatar, GenerateOptions, ModelSize, WeightsSource};
+pub use avatar::{
+    AvatarGenerator, EncodedAvatar, GenerateOptions, ModelSize, Progress, WeightsSource,
+};
 pub use burn;
 pub use device::DeviceSpec;
 pub use error::{AvatarError, Result};

@@ -62,6 +62,27 @@ impl Seed {
         Seed::Number(hasher.finish())
     }
 
+    /// A numeric seed from a double (JavaScript numbers, JSON): an integer in
+    /// `0..=2^53 - 1`, the range a double holds exactly.
+    ///
+    /// ```
+    /// use avatar_core::Seed;
+    /// assert_eq!(Seed::from_f64(42.0).unwrap(), Seed::Number(42));
+    /// assert!(Seed::from_f64(1.5).is_err());
+    /// assert!(Seed::from_f64(-1.0).is_err());
+    /// ```
+    pub fn from_f64(value: f64) -> crate::Result<Seed> {
+        const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+        if value.fract() == 0.0 && (0.0..=MAX_SAFE_INTEGER).contains(&value) {
+            Ok(Seed::Number(value as u64))
+        } else {
+            Err(crate::AvatarError::invalid(
+                "seed",
+                format!("{value} is not an integer in 0..=2^53-1 (use a string for other seeds)"),
+            ))
+        }
+    }
+
     /// The stream of standard normal `f32` samples for this seed.
     pub fn normal_stream(&self) -> NormalStream {
         NormalStream::new(self.value())

@@ -352,3 +352,35 @@ fn interpolation_starts_and_ends_at_the_seeds() {
             .is_err()
     );
 }
+
+#[test]
+fn progress_reports_every_chunk_and_can_cancel() {
+    let generator = tiny_avatar_generator(4);
+    let options = GenerateOptions::default();
+    let seeds: Vec<Seed> = (0..40).map(Seed::Number).collect();
+    let mut reports = Vec::new();
+    let images = generator
+        .generate_batch_with_progress(&seeds, &options, |p| {
+            reports.push((p.done, p.total));
+            true
+        })
+        .unwrap();
+    assert_eq!(reports, vec![(16, 40), (32, 40), (40, 40)]);
+    // Chunking does not change the result.
+    assert_eq!(images, generator.generate_batch(&seeds, &options).unwrap());
+
+    let mut calls = 0;
+    let err = generator
+        .generate_batch_with_progress(&seeds, &options, |_| {
+            calls += 1;
+            calls < 2
+        })
+        .unwrap_err();
+    assert!(matches!(err, AvatarError::Cancelled), "{err}");
+    assert_eq!((calls, err.code()), (2, "ERR_CANCELLED"));
+
+    let err = generator
+        .generate_batch_with_progress(&[], &options, |_| true)
+        .unwrap_err();
+    assert_eq!((err.code(), err.field()), ("ERR_INVALID_OPTION", Some("n")));
+}

@@ -1,0 +1,422 @@
+//! Node.js bindings of avatar-core: a thin napi-rs layer. Options are parsed and validated by the
+//! core; errors become JS `Error`s with `code` (`ERR_INVALID_OPTION`, `ERR_CANCELLED`, ...) and,
+//! for bad options, `field` (the option's camelCase name).
+
+#![deny(clippy::all)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use avatar_core::imaging::{Color, ImageFormat};
+use avatar_core::{
+    AvatarError, AvatarGenerator as CoreGenerator, DeviceSpec, GenerateOptions as CoreOptions,
+    ModelSize, Seed, WeightsSource,
+};
+use napi::bindgen_prelude::{
+    AbortSignal, AsyncTask, Buffer, Either, FromNapiValue, JsObjectValue, JsValue, Object, Unknown,
+};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{Env, JsError, Status, Task};
+use napi_derive::napi;
+
+/// How the generator is loaded.
+#[napi(object)]
+#[derive(Default)]
+pub struct GeneratorOptions {
+    /// `"small"` (96 px, the default) or `"large"` (128 px): the embedded weights.
+    pub size: Option<String>,
+    /// `"cpu"` (default), `"wgpu"`, `"cuda"`, `"cuda:1"` or `"auto"`.
+    pub device: Option<String>,
+    /// A `model.safetensors` (or Keras `.h5`) file instead of the embedded weights.
+    pub weights: Option<String>,
+}
+
+/// Options of one avatar (all optional).
+#[napi(object)]
+#[derive(Default, Clone)]
+pub struct GenerateOptions {
+    /// The same seed always gives the same avatar: an integer (0..2^53-1) or any string.
+    pub seed: Option<Either<f64, String>>,
+    /// Keep the background transparent (png/webp).
+    pub transparent: Option<bool>,
+    /// Background colour `#RRGGBB` or `#RRGGBBAA` (default white); not with `transparent`.
+    pub bg_color: Option<String>,
+    /// Output side in pixels (16..1024); default the model's resolution.
+    pub output_size: Option<u32>,
+    /// `"png"` (default), `"webp"` or `"jpeg"`.
+    pub format: Option<String>,
+    /// Which embedded model the module-level `generate` uses: `"small"` or `"large"`.
+    pub size: Option<String>,
+}
+
+/// Options of a batch: `n` random avatars or one per seed in `seeds`.
+#[napi(object)]
+#[derive(Default, Clone)]
+pub struct BatchOptions {
+    /// How many avatars (random seeds); ignored when `seeds` is given.
+    pub n: Option<u32>,
+    /// One avatar per seed.
+    pub seeds: Option<Vec<Either<f64, String>>>,
+    /// See `GenerateOptions.transparent`.
+    pub transparent: Option<bool>,
+    /// See `GenerateOptions.bgColor`.
+    pub bg_color: Option<String>,
+    /// See `GenerateOptions.outputSize`.
+    pub output_size: Option<u32>,
+    /// See `GenerateOptions.format`.
+    pub format: Option<String>,
+}
+
+/// Progress of a batch, passed to the `onProgress` callback.
+#[napi(object)]
+#[derive(Clone, Copy)]
+pub struct Progress {
+    /// Avatars finished.
+    pub done: u32,
+    /// Avatars asked for.
+    pub total: u32,
+}
+
+/// A DCGAN avatar generator (loads its weights once; share one per process).
+#[napi]
+pub struct AvatarGenerator {
+    inner: Arc<CoreGenerator>,
+}
+
+/// The camelCase name of a core option, as JS callers wrote it.
+fn js_field(field: &str) -> &str {
+    match field {
+        "bg_color" => "bgColor",
+        "output_size" => "outputSize",
+        other => other,
+    }
+}
+
+/// A JS `Error` with `code` (and `field` for bad options) for a core error.
+fn throwable(env: &Env, error: &AvatarError) -> napi::Error {
+    let message = match error.field() {
+        Some(field) => error.to_string().replacen(field, js_field(field), 1),
+        None => error.to_string(),
+    };
+    let js = JsError::from(napi::Error::new(error.code(), message));
+    // SAFETY: `env` is the live environment of this call.
+    let value = unsafe { js.into_value(env.raw()) };
+    if let Some(field) = error.field() {
+        // SAFETY: `value` was just created in `env` and is an object.
+        let mut object = Object::from_raw(env.raw(), value);
+        let _ = object.set_named_property("field", js_field(field));
+    }
+    // SAFETY: `value` is a live JS value of `env`.
+    napi::Error::from(unsafe { Unknown::from_raw_unchecked(env.raw(), value) })
+}
+
+/// A core error for synchronous functions (`code` set, message names the JS field).
+fn sync_error(env: &Env, error: AvatarError) -> napi::Error {
+    throwable(env, &error)
+}
+
+fn parse_seed(seed: &Either<f64, String>) -> Result<Seed, AvatarError> {
+    match seed {
+        Either::A(number) => Seed::from_f64(*number),
+        Either::B(text) => Ok(Seed::from(text.as_str())),
+    }
+}
+
+fn core_options(
+    seed: Option<&Either<f64, String>>,
+    transparent: Option<bool>,
+    bg_color: Option<&str>,
+    output_size: Option<u32>,
+    format: Option<&str>,
+) -> Result<CoreOptions, AvatarError> {
+    let options = CoreOptions {
+        seed: seed.map(parse_seed).transpose()?,
+        transparent: transparent.unwrap_or(false),
+        bg_color: bg_color.map(str::parse::<Color>).transpose()?,
+        output_size,
+        format: format
+            .map(str::parse::<ImageFormat>)
+            .transpose()?
+            .unwrap_or_default(),
+    };
+    options.validate()?;
+    Ok(options)
+}
+
+impl GenerateOptions {
+    fn to_core(&self) -> Result<CoreOptions, AvatarError> {
+        core_options(
+            self.seed.as_ref(),
+            self.transparent,
+            self.bg_color.as_deref(),
+            self.output_size,
+            self.format.as_deref(),
+        )
+    }
+}
+
+impl BatchOptions {
+    fn to_core(&self) -> Result<(Vec<Seed>, CoreOptions), AvatarError> {
+        let options = core_options(
+            None,
+            self.transparent,
+            self.bg_color.as_deref(),
+            self.output_size,
+            self.format.as_deref(),
+        )?;
+        let seeds = match (&self.seeds, self.n) {
+            (Some(seeds), _) => seeds.iter().map(parse_seed).collect::<Result<_, _>>()?,
+            (None, Some(n)) => (0..n).map(|_| Seed::random()).collect(),
+            (None, None) => {
+                return Err(AvatarError::invalid("n", "give n or seeds"));
+            }
+        };
+        Ok((seeds, options))
+    }
+}
+
+fn load(options: &GeneratorOptions) -> Result<CoreGenerator, AvatarError> {
+    let device: DeviceSpec = options.device.as_deref().unwrap_or("cpu").parse()?;
+    let size: ModelSize = options.size.as_deref().unwrap_or("small").parse()?;
+    let source = match &options.weights {
+        Some(path) => WeightsSource::Path(path.into()),
+        None => WeightsSource::Embedded(size),
+    };
+    CoreGenerator::load(source, &device)
+}
+
+/// Work on the libuv pool: one avatar or a batch, encoded.
+pub struct GenerateTask {
+    generator: Arc<CoreGenerator>,
+    seeds: Option<Vec<Seed>>,
+    options: CoreOptions,
+    cancelled: Arc<AtomicBool>,
+    progress: Option<ThreadsafeFunction<Progress, (), Progress, Status, false>>,
+}
+
+impl GenerateTask {
+    fn run(&self) -> Result<Vec<Vec<u8>>, AvatarError> {
+        let Some(seeds) = &self.seeds else {
+            return Ok(vec![self.generator.generate_encoded(&self.options)?.bytes]);
+        };
+        let images = self
+            .generator
+            .generate_batch_with_progress(seeds, &self.options, |p| {
+                if let Some(callback) = &self.progress {
+                    let progress = Progress {
+                        done: p.done as u32,
+                        total: p.total as u32,
+                    };
+                    callback.call(progress, ThreadsafeFunctionCallMode::NonBlocking);
+                }
+                !self.cancelled.load(Ordering::Relaxed)
+            })?;
+        images
+            .iter()
+            .map(|image| avatar_core::imaging::encode(image, self.options.format))
+            .collect()
+    }
+}
+
+impl Task for GenerateTask {
+    type Output = Result<Vec<Vec<u8>>, AvatarError>;
+    type JsValue = Either<Buffer, Vec<Buffer>>;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Ok(Err(AvatarError::Cancelled));
+        }
+        Ok(self.run())
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> napi::Result<Self::JsValue> {
+        let mut buffers = output.map_err(|e| throwable(&env, &e))?;
+        Ok(if self.seeds.is_some() {
+            Either::B(buffers.into_iter().map(Buffer::from).collect())
+        } else {
+            Either::A(Buffer::from(buffers.remove(0)))
+        })
+    }
+
+    fn finally(mut self, _env: Env) -> napi::Result<()> {
+        // Release the progress callback so it no longer keeps the event loop alive.
+        self.progress.take();
+        Ok(())
+    }
+}
+
+/// Queues `task` on the libuv pool, cancelled by `signal`: before it starts (napi drops the
+/// work), while it runs (checked between chunks), or at once when the signal is already aborted.
+fn spawn(
+    env: &Env,
+    task: GenerateTask,
+    signal: Option<Object>,
+) -> napi::Result<AsyncTask<GenerateTask>> {
+    let Some(object) = signal else {
+        return Ok(AsyncTask::new(task));
+    };
+    if object
+        .get_named_property::<bool>("aborted")
+        .unwrap_or(false)
+    {
+        task.cancelled.store(true, Ordering::Relaxed);
+    }
+    // SAFETY: `object` is a live JS value of `env`.
+    let signal = unsafe { AbortSignal::from_napi_value(env.raw(), object.raw())? };
+    let cancelled = task.cancelled.clone();
+    signal.on_abort(move || cancelled.store(true, Ordering::Relaxed));
+    Ok(AsyncTask::with_signal(task, signal))
+}
+
+#[napi]
+impl AvatarGenerator {
+    /// Loads the embedded weights of `size` (or `weights`) on `device`. Throws on bad options.
+    #[napi(constructor)]
+    pub fn new(env: Env, options: Option<GeneratorOptions>) -> napi::Result<Self> {
+        let generator = load(&options.unwrap_or_default()).map_err(|e| sync_error(&env, e))?;
+        Ok(AvatarGenerator {
+            inner: Arc::new(generator),
+        })
+    }
+
+    /// The native output side in pixels (96 or 128 for the embedded models).
+    #[napi(getter)]
+    pub fn resolution(&self) -> u32 {
+        self.inner.resolution()
+    }
+
+    /// The device the model runs on (`"cpu"`, `"wgpu"`, ...).
+    #[napi(getter)]
+    pub fn device(&self) -> String {
+        self.inner.device_spec().to_string()
+    }
+
+    /// One encoded avatar, computed on the libuv thread pool. `signal` cancels it.
+    #[napi(ts_return_type = "Promise<Buffer>")]
+    pub fn generate(
+        &self,
+        env: Env,
+        options: Option<GenerateOptions>,
+        #[napi(ts_arg_type = "AbortSignal | undefined | null")] signal: Option<Object>,
+    ) -> napi::Result<AsyncTask<GenerateTask>> {
+        let options = options
+            .unwrap_or_default()
+            .to_core()
+            .map_err(|e| sync_error(&env, e))?;
+        spawn(
+            &env,
+            GenerateTask {
+                generator: self.inner.clone(),
+                seeds: None,
+                options,
+                cancelled: Arc::default(),
+                progress: None,
+            },
+            signal,
+        )
+    }
+
+    /// One encoded avatar, computed on the calling thread (for scripts).
+    #[napi]
+    pub fn generate_sync(
+        &self,
+        env: Env,
+        options: Option<GenerateOptions>,
+    ) -> napi::Result<Buffer> {
+        let options = options
+            .unwrap_or_default()
+            .to_core()
+            .map_err(|e| sync_error(&env, e))?;
+        let encoded = self
+            .inner
+            .generate_encoded(&options)
+            .map_err(|e| sync_error(&env, e))?;
+        Ok(encoded.bytes.into())
+    }
+
+    /// Many encoded avatars on the libuv pool, in chunks; `onProgress({done, total})` after each
+    /// chunk; `signal` cancels between chunks (the promise rejects with `code: 'ERR_CANCELLED'`).
+    #[napi(ts_return_type = "Promise<Buffer[]>")]
+    pub fn generate_batch(
+        &self,
+        env: Env,
+        options: BatchOptions,
+        #[napi(ts_arg_type = "((progress: Progress) => void) | undefined | null")]
+        on_progress: Option<ThreadsafeFunction<Progress, (), Progress, Status, false>>,
+        #[napi(ts_arg_type = "AbortSignal | undefined | null")] signal: Option<Object>,
+    ) -> napi::Result<AsyncTask<GenerateTask>> {
+        let (seeds, options) = options.to_core().map_err(|e| sync_error(&env, e))?;
+        spawn(
+            &env,
+            GenerateTask {
+                generator: self.inner.clone(),
+                seeds: Some(seeds),
+                options,
+                cancelled: Arc::default(),
+                progress: on_progress,
+            },
+            signal,
+        )
+    }
+}
+
+/// Generators of the module-level functions, loaded on first use (CPU, embedded weights).
+static SHARED: Mutex<Vec<(ModelSize, Arc<CoreGenerator>)>> = Mutex::new(Vec::new());
+
+fn shared(size: Option<&str>) -> Result<Arc<CoreGenerator>, AvatarError> {
+    let size: ModelSize = size.unwrap_or("small").parse()?;
+    let mut cache = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, generator)) = cache.iter().find(|(s, _)| *s == size) {
+        return Ok(generator.clone());
+    }
+    let generator = Arc::new(CoreGenerator::load(size, &DeviceSpec::Cpu)?);
+    cache.push((size, generator.clone()));
+    Ok(generator)
+}
+
+/// One encoded avatar from the embedded `options.size` model on the CPU (loaded once per
+/// process), computed on the libuv pool. `signal` cancels it.
+#[napi(ts_return_type = "Promise<Buffer>")]
+pub fn generate(
+    env: Env,
+    options: Option<GenerateOptions>,
+    #[napi(ts_arg_type = "AbortSignal | undefined | null")] signal: Option<Object>,
+) -> napi::Result<AsyncTask<GenerateTask>> {
+    let options = options.unwrap_or_default();
+    let generator = shared(options.size.as_deref()).map_err(|e| sync_error(&env, e))?;
+    let core = options.to_core().map_err(|e| sync_error(&env, e))?;
+    spawn(
+        &env,
+        GenerateTask {
+            generator,
+            seeds: None,
+            options: core,
+            cancelled: Arc::default(),
+            progress: None,
+        },
+        signal,
+    )
+}
+
+/// The synchronous variant of `generate`, for scripts.
+#[napi]
+pub fn generate_sync(env: Env, options: Option<GenerateOptions>) -> napi::Result<Buffer> {
+    let options = options.unwrap_or_default();
+    let generator = shared(options.size.as_deref()).map_err(|e| sync_error(&env, e))?;
+    let core = options.to_core().map_err(|e| sync_error(&env, e))?;
+    let encoded = generator
+        .generate_encoded(&core)
+        .map_err(|e| sync_error(&env, e))?;
+    Ok(encoded.bytes.into())
+}
+
+/// The MIME type of a format name (`"png"` -> `"image/png"`), for HTTP responses.
+#[napi]
+pub fn mime_type(env: Env, format: Option<String>) -> napi::Result<String> {
+    let format: ImageFormat = format
+        .as_deref()
+        .unwrap_or("png")
+        .parse()
+        .map_err(|e| sync_error(&env, e))?;
+    Ok(format.mime().to_string())
+}

@@ -1,0 +1,102 @@
+// The npm package end to end: run `npm run build` first (scripts/test.sh does).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+const avatar = require('../index.js');
+
+/** Width, height and colour type from a PNG's IHDR chunk. */
+function pngInfo(buffer) {
+  assert.ok(Buffer.isBuffer(buffer), 'a Buffer');
+  assert.deepEqual([...buffer.subarray(0, 8)], [137, 80, 78, 71, 13, 10, 26, 10], 'PNG signature');
+  return { width: buffer.readUInt32BE(16), height: buffer.readUInt32BE(20), colorType: buffer[25] };
+}
+
+const small = new avatar.AvatarGenerator({ size: 'small', device: 'cpu' });
+
+test('generateSync draws a 96 px PNG; the same seed gives the same bytes', () => {
+  assert.equal(small.resolution, 96);
+  assert.equal(small.device, 'cpu');
+  const a = small.generateSync({ seed: 'alice' });
+  assert.deepEqual(pngInfo(a), { width: 96, height: 96, colorType: 6 });
+  assert.ok(a.equals(small.generateSync({ seed: 'alice' })));
+  assert.ok(!a.equals(small.generateSync({ seed: 'bob' })));
+  // Numeric seeds and their decimal strings agree (as over HTTP and in Python).
+  assert.ok(small.generateSync({ seed: 42 }).equals(small.generateSync({ seed: '42' })));
+});
+
+test('generate returns a Promise<Buffer> computed off the main thread', async () => {
+  const pending = small.generate({ seed: 7, transparent: true, outputSize: 64 });
+  assert.ok(pending instanceof Promise);
+  const png = await pending;
+  assert.deepEqual(pngInfo(png), { width: 64, height: 64, colorType: 6 });
+  const many = await Promise.all([1, 2, 3, 4].map((seed) => small.generate({ seed })));
+  assert.equal(new Set(many.map((b) => b.toString('base64'))).size, 4);
+});
+
+test('module-level generate uses the embedded models by size', async () => {
+  const large = await avatar.generate({ size: 'large', seed: 'carol', format: 'webp' });
+  assert.equal(large.subarray(8, 12).toString('latin1'), 'WEBP');
+  const png = avatar.generateSync({ size: 'large', seed: 'carol' });
+  assert.deepEqual(pngInfo(png), { width: 128, height: 128, colorType: 6 });
+  assert.equal(avatar.mimeType('jpeg'), 'image/jpeg');
+});
+
+test('bad options are Errors with a code and the camelCase field', async () => {
+  const check = (fn, field) =>
+    assert.throws(fn, (e) => {
+      assert.ok(e instanceof Error);
+      assert.equal(e.code, 'ERR_INVALID_OPTION');
+      assert.equal(e.field, field);
+      assert.match(e.message, new RegExp(field));
+      return true;
+    });
+  check(() => small.generateSync({ bgColor: 'chartreuse' }), 'bgColor');
+  check(() => small.generateSync({ transparent: true, bgColor: '#ff0000' }), 'bgColor');
+  check(() => small.generateSync({ outputSize: 5000 }), 'outputSize');
+  check(() => small.generateSync({ seed: 1.5 }), 'seed');
+  check(() => small.generateSync({ seed: -1 }), 'seed');
+  check(() => small.generateSync({ format: 'gif' }), 'format');
+  check(() => small.generate({ transparent: true, format: 'jpeg' }), 'format');
+  check(() => new avatar.AvatarGenerator({ size: 'huge' }), 'size');
+  check(() => small.generateBatch({}), 'n');
+  assert.throws(
+    () => new avatar.AvatarGenerator({ device: 'cuda' }),
+    (e) => e.code === 'ERR_BACKEND_NOT_COMPILED',
+  );
+  assert.throws(
+    () => new avatar.AvatarGenerator({ weights: '/nonexistent/model.safetensors' }),
+    (e) => e.code === 'ERR_IO' && /nonexistent/.test(e.message),
+  );
+  // A wrong type is rejected by the binding layer, naming the option.
+  assert.throws(() => small.generateSync({ transparent: 'yes' }), /transparent/);
+});
+
+test('generateBatch reports progress and returns one buffer per seed', async () => {
+  const seen = [];
+  const seeds = Array.from({ length: 40 }, (_, i) => i);
+  const buffers = await small.generateBatch({ seeds }, (p) => seen.push([p.done, p.total]));
+  assert.equal(buffers.length, 40);
+  assert.ok(buffers[5].equals(small.generateSync({ seed: 5 })));
+  // Progress calls are queued to the event loop; let them land.
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(seen, [[16, 40], [32, 40], [40, 40]]);
+});
+
+test('an AbortSignal cancels: before the start, and between chunks', async () => {
+  const before = new AbortController();
+  before.abort();
+  await assert.rejects(small.generate({ seed: 1 }, before.signal), (e) => e.code === 'ERR_CANCELLED');
+
+  const during = new AbortController();
+  let calls = 0;
+  await assert.rejects(
+    small.generateBatch({ n: 2000 }, () => {
+      calls += 1;
+      during.abort();
+    }, during.signal),
+    (e) => e.code === 'ERR_CANCELLED' || e.name === 'AbortError',
+  );
+  assert.ok(calls < 125, `stopped early (${calls} progress calls of 125)`);
+});

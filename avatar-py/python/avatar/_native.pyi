@@ -1,0 +1,75 @@
+"""Type stubs of the Rust extension module."""
+
+from os import PathLike
+from typing import Callable, List, Literal, Optional, Union, overload
+
+import numpy as np
+import numpy.typing as npt
+from PIL.Image import Image
+
+__version__: str
+MAX_BATCH: int
+
+Seed = Union[int, str]
+Format = Literal["png", "webp", "jpeg", "jpg"]
+
+class AvatarGenerator:
+    """A DCGAN avatar generator. Thread-safe; inference releases the GIL."""
+
+    def __init__(
+        self,
+        size: Literal["small", "large"] = "small",
+        device: str = "cpu",
+        weights: Optional[Union[str, PathLike[str]]] = None,
+    ) -> None: ...
+    @property
+    def resolution(self) -> int: ...
+    @property
+    def size(self) -> Optional[Literal["small", "large"]]: ...
+    @property
+    def device(self) -> str: ...
+    def generate(
+        self,
+        seed: Optional[Seed] = None,
+        transparent: bool = False,
+        bg_color: Optional[str] = None,
+        output_size: Optional[int] = None,
+    ) -> Image: ...
+    def generate_png(
+        self,
+        seed: Optional[Seed] = None,
+        transparent: bool = False,
+        bg_color: Optional[str] = None,
+        output_size: Optional[int] = None,
+        format: Format = "png",
+    ) -> bytes: ...
+    def generate_array(
+        self,
+        seed: Optional[Seed] = None,
+        transparent: bool = False,
+        bg_color: Optional[str] = None,
+        output_size: Optional[int] = None,
+    ) -> npt.NDArray[np.uint8]: ...
+    @overload
+    def generate_batch(
+        self,
+        n: Optional[int] = None,
+        seeds: Optional[List[Seed]] = None,
+        transparent: bool = False,
+        bg_color: Optional[str] = None,
+        output_size: Optional[int] = None,
+        format: None = None,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> List[Image]: ...
+    @overload
+    def generate_batch(
+        self,
+        n: Optional[int] = None,
+        seeds: Optional[List[Seed]] = None,
+        transparent: bool = False,
+        bg_color: Optional[str] = None,
+        output_size: Optional[int] = None,
+        *,
+        format: Format,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> List[bytes]: ...

@@ -1,0 +1,289 @@
+//! Python bindings of avatar-core: a thin pyo3 layer (`avatar._native`). Options are parsed and
+//! validated by the core; its errors are raised as the exception classes of `avatar._errors`
+//! (`InvalidOptionError` is also a `ValueError`), with `code` and `field` attributes.
+
+use std::sync::Mutex;
+
+use avatar_core::imaging::{Color, ImageFormat, encode};
+use avatar_core::{
+    AvatarError, AvatarGenerator as CoreGenerator, DeviceSpec, GenerateOptions, ModelSize, Seed,
+    WeightsSource,
+};
+use image::RgbaImage;
+use numpy::{IntoPyArray, PyArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+/// A seed as Python callers give it: a non-negative int or any string.
+#[derive(FromPyObject)]
+enum PySeed<'py> {
+    Number(u64),
+    Text(String),
+    Other(Bound<'py, PyAny>),
+}
+
+/// Raises a core error as the matching `avatar` exception class.
+fn to_py_err(error: AvatarError) -> PyErr {
+    Python::attach(|py| {
+        let class = match &error {
+            AvatarError::InvalidOption { .. } => "InvalidOptionError",
+            AvatarError::BackendNotCompiled { .. } => "BackendNotCompiledError",
+            AvatarError::MissingTensor { .. }
+            | AvatarError::TensorShape { .. }
+            | AvatarError::TensorDtype { .. }
+            | AvatarError::Weights(_)
+            | AvatarError::Config(_) => "WeightsError",
+            AvatarError::Io { .. } => "AvatarIOError",
+            AvatarError::Cancelled => "CancelledError",
+            AvatarError::Image(_) | AvatarError::Backend(_) => "AvatarError",
+        };
+        let raise = || -> PyResult<PyErr> {
+            let class = py.import("avatar._errors")?.getattr(class)?;
+            let instance =
+                class.call1((error.to_string(), error.code(), error.field().unwrap_or("")))?;
+            Ok(PyErr::from_value(instance))
+        };
+        raise().unwrap_or_else(|e| e)
+    })
+}
+
+fn seed_of(seed: PySeed<'_>) -> PyResult<Seed> {
+    match seed {
+        PySeed::Number(n) => Ok(Seed::Number(n)),
+        PySeed::Text(text) => Ok(Seed::from(text)),
+        PySeed::Other(value) => Err(to_py_err(AvatarError::invalid(
+            "seed",
+            format!(
+                "{} is not a seed: use an int in 0..2**64 or a str",
+                value.repr().map(|r| r.to_string()).unwrap_or_default()
+            ),
+        ))),
+    }
+}
+
+fn options(
+    seed: Option<PySeed<'_>>,
+    transparent: bool,
+    bg_color: Option<&str>,
+    output_size: Option<u32>,
+    format: Option<&str>,
+) -> PyResult<GenerateOptions> {
+    let parsed = (|| -> Result<GenerateOptions, AvatarError> {
+        let options = GenerateOptions {
+            seed: None,
+            transparent,
+            bg_color: bg_color.map(str::parse::<Color>).transpose()?,
+            output_size,
+            format: format
+                .map(str::parse::<ImageFormat>)
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        options.validate()?;
+        Ok(options)
+    })()
+    .map_err(to_py_err)?;
+    Ok(GenerateOptions {
+        seed: seed.map(seed_of).transpose()?,
+        ..parsed
+    })
+}
+
+fn to_pil<'py>(py: Python<'py>, image: RgbaImage) -> PyResult<Bound<'py, PyAny>> {
+    let (width, height) = image.dimensions();
+    let array = to_array(py, image)?;
+    // `frombuffer` in raw RGBA mode shares the array's memory: no copy.
+    py.import("PIL.Image")?.call_method1(
+        "frombuffer",
+        ("RGBA", (width, height), array, "raw", "RGBA", 0, 1),
+    )
+}
+
+fn to_array<'py>(py: Python<'py>, image: RgbaImage) -> PyResult<Bound<'py, PyAny>> {
+    let (width, height) = image.dimensions();
+    // The pixel buffer moves into NumPy as is; the reshape is a view.
+    let flat = image.into_raw().into_pyarray(py);
+    Ok(flat
+        .reshape([height as usize, width as usize, 4])?
+        .into_any())
+}
+
+/// A DCGAN avatar generator: `AvatarGenerator(size="small", device="cpu", weights=None)`.
+#[pyclass(frozen, module = "avatar")]
+struct AvatarGenerator {
+    inner: CoreGenerator,
+    size: Option<ModelSize>,
+}
+
+#[pymethods]
+impl AvatarGenerator {
+    #[new]
+    #[pyo3(signature = (size = "small", device = "cpu", weights = None))]
+    fn new(
+        py: Python<'_>,
+        size: &str,
+        device: &str,
+        weights: Option<std::path::PathBuf>,
+    ) -> PyResult<Self> {
+        let size: ModelSize = size.parse().map_err(to_py_err)?;
+        let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
+        let source = match &weights {
+            Some(path) => WeightsSource::Path(path.clone()),
+            None => WeightsSource::Embedded(size),
+        };
+        let inner = py
+            .detach(|| CoreGenerator::load(source, &spec))
+            .map_err(to_py_err)?;
+        Ok(AvatarGenerator {
+            inner,
+            size: weights.is_none().then_some(size),
+        })
+    }
+
+    /// The native output side in pixels.
+    #[getter]
+    fn resolution(&self) -> u32 {
+        self.inner.resolution()
+    }
+
+    /// `"small"` or `"large"` for the embedded models, `None` for weights from a file.
+    #[getter]
+    fn size(&self) -> Option<&'static str> {
+        self.size.map(ModelSize::as_str)
+    }
+
+    /// The device the model runs on.
+    #[getter]
+    fn device(&self) -> String {
+        self.inner.device_spec().to_string()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "AvatarGenerator(resolution={}, device={:?})",
+            self.inner.resolution(),
+            self.inner.device_spec().to_string()
+        )
+    }
+
+    /// One avatar as a `PIL.Image.Image` (RGBA).
+    #[pyo3(signature = (seed = None, transparent = false, bg_color = None, output_size = None))]
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        seed: Option<PySeed<'py>>,
+        transparent: bool,
+        bg_color: Option<&str>,
+        output_size: Option<u32>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let options = options(seed, transparent, bg_color, output_size, None)?;
+        let image = py
+            .detach(|| self.inner.generate(&options))
+            .map_err(to_py_err)?;
+        to_pil(py, image)
+    }
+
+    /// One avatar as encoded bytes (`format`: png, webp or jpeg).
+    #[pyo3(signature = (seed = None, transparent = false, bg_color = None, output_size = None, format = "png"))]
+    fn generate_png<'py>(
+        &self,
+        py: Python<'py>,
+        seed: Option<PySeed<'py>>,
+        transparent: bool,
+        bg_color: Option<&str>,
+        output_size: Option<u32>,
+        format: &str,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let options = options(seed, transparent, bg_color, output_size, Some(format))?;
+        let encoded = py
+            .detach(|| self.inner.generate_encoded(&options))
+            .map_err(to_py_err)?;
+        Ok(PyBytes::new(py, &encoded.bytes))
+    }
+
+    /// One avatar as a `numpy.ndarray` of shape (H, W, 4), dtype uint8, owning the pixels
+    /// (no copy).
+    #[pyo3(signature = (seed = None, transparent = false, bg_color = None, output_size = None))]
+    fn generate_array<'py>(
+        &self,
+        py: Python<'py>,
+        seed: Option<PySeed<'py>>,
+        transparent: bool,
+        bg_color: Option<&str>,
+        output_size: Option<u32>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let options = options(seed, transparent, bg_color, output_size, None)?;
+        let image = py
+            .detach(|| self.inner.generate(&options))
+            .map_err(to_py_err)?;
+        to_array(py, image)
+    }
+
+    /// Many avatars: `n` random ones, or one per seed in `seeds`, as PIL images (or encoded
+    /// bytes with `format`). `progress(done, total)` is called after each chunk; if it raises,
+    /// the work stops and the exception propagates.
+    #[pyo3(signature = (n = None, seeds = None, transparent = false, bg_color = None, output_size = None, format = None, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate_batch<'py>(
+        &self,
+        py: Python<'py>,
+        n: Option<usize>,
+        seeds: Option<Vec<PySeed<'py>>>,
+        transparent: bool,
+        bg_color: Option<&str>,
+        output_size: Option<u32>,
+        format: Option<&str>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let options = options(None, transparent, bg_color, output_size, format)?;
+        let seeds: Vec<Seed> = match (seeds, n) {
+            (Some(seeds), _) => seeds.into_iter().map(seed_of).collect::<PyResult<_>>()?,
+            (None, Some(n)) => (0..n).map(|_| Seed::random()).collect(),
+            (None, None) => {
+                return Err(to_py_err(AvatarError::invalid("n", "give n or seeds")));
+            }
+        };
+        let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+        let result = py.detach(|| {
+            self.inner
+                .generate_batch_with_progress(&seeds, &options, |p| match &progress {
+                    None => true,
+                    Some(callback) => {
+                        Python::attach(|py| match callback.call1(py, (p.done, p.total)) {
+                            Ok(_) => true,
+                            Err(error) => {
+                                *raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+                                false
+                            }
+                        })
+                    }
+                })
+        });
+        if let Some(error) = raised.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(error);
+        }
+        let images = result.map_err(to_py_err)?;
+        let list = PyList::empty(py);
+        for image in images {
+            match format {
+                Some(_) => {
+                    let bytes = py
+                        .detach(|| encode(&image, options.format))
+                        .map_err(to_py_err)?;
+                    list.append(PyBytes::new(py, &bytes))?;
+                }
+                None => list.append(to_pil(py, image)?)?,
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// The `avatar._native` extension module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<AvatarGenerator>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MAX_BATCH", avatar_core::avatar::MAX_BATCH_WITH_PROGRESS)?;
+    Ok(())
+}

@@ -1,0 +1,146 @@
+"""The pip package end to end (``pip install ./avatar-py`` first; scripts/test.sh does)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import avatar
+
+
+@pytest.fixture(scope="module")
+def small() -> avatar.AvatarGenerator:
+    return avatar.AvatarGenerator(size="small", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def large() -> avatar.AvatarGenerator:
+    return avatar.AvatarGenerator(size="large")
+
+
+def test_generate_is_a_deterministic_pil_image(small: avatar.AvatarGenerator) -> None:
+    assert (small.resolution, small.size, small.device) == (96, "small", "cpu")
+    image = small.generate(seed="alice")
+    assert isinstance(image, Image.Image)
+    assert (image.mode, image.size) == ("RGBA", (96, 96))
+    assert image.tobytes() == small.generate(seed="alice").tobytes()
+    assert image.tobytes() != small.generate(seed="bob").tobytes()
+    # An int seed and its decimal string agree (as over HTTP and in Node).
+    assert small.generate(seed=42).tobytes() == small.generate(seed="42").tobytes()
+    # Opaque by default, on white.
+    assert np.asarray(image)[..., 3].min() == 255
+
+
+def test_sizes_alpha_and_background(small: avatar.AvatarGenerator, large: avatar.AvatarGenerator) -> None:
+    assert large.generate(seed=1).size == (128, 128)
+    assert small.generate(seed=1, output_size=256).size == (256, 256)
+    clear = np.asarray(small.generate(seed=3, transparent=True))
+    assert clear[..., 3].min() < 255, "a transparent avatar has transparent pixels"
+    # The most transparent pixel shows the background colour: red instead of white.
+    y, x = np.unravel_index(np.argmin(clear[..., 3]), clear.shape[:2])
+    red = np.asarray(small.generate(seed=3, bg_color="#ff0000")).astype(int)
+    white = np.asarray(small.generate(seed=3)).astype(int)
+    assert red[..., 3].min() == 255
+    assert red[y, x, 0] >= white[y, x, 0] - 1 and red[y, x, 1] < white[y, x, 1] - 50
+
+
+def test_png_bytes_and_formats(small: avatar.AvatarGenerator) -> None:
+    png = small.generate_png(seed="alice", transparent=True)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    decoded = Image.open(io.BytesIO(png))
+    assert (decoded.mode, decoded.size) == ("RGBA", (96, 96))
+    assert decoded.tobytes() == small.generate(seed="alice", transparent=True).tobytes()
+    assert small.generate_png(seed=1, format="webp")[8:12] == b"WEBP"
+    assert small.generate_png(seed=1, format="jpeg")[:2] == b"\xff\xd8"
+
+
+def test_array_owns_its_pixels_without_a_copy(small: avatar.AvatarGenerator) -> None:
+    array = small.generate_array(seed="alice")
+    assert (array.shape, array.dtype) == ((96, 96, 4), np.uint8)
+    assert array.flags.c_contiguous
+    assert array.base is not None, "a view on the moved Rust buffer, not a copy"
+    assert np.array_equal(array, np.asarray(small.generate(seed="alice")))
+
+
+def test_batches_and_progress(small: avatar.AvatarGenerator) -> None:
+    seen: list[tuple[int, int]] = []
+    images = small.generate_batch(seeds=list(range(40)), progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(16, 40), (32, 40), (40, 40)]
+    assert len(images) == 40
+    assert images[5].tobytes() == small.generate(seed=5).tobytes()
+    assert len(small.generate_batch(3)) == 3
+    pngs = small.generate_batch(seeds=["a", "b"], format="png")
+    assert all(p[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_a_raising_progress_callback_cancels(small: avatar.AvatarGenerator) -> None:
+    calls = []
+
+    def stop(done: int, total: int) -> None:
+        calls.append(done)
+        raise KeyboardInterrupt("user stop")
+
+    with pytest.raises(KeyboardInterrupt, match="user stop"):
+        small.generate_batch(1000, progress=stop)
+    assert calls == [16], "the work stopped at the first report"
+
+
+def test_bad_input_names_the_field(small: avatar.AvatarGenerator) -> None:
+    cases = [
+        (lambda: small.generate(bg_color="chartreuse"), "bg_color"),
+        (lambda: small.generate(transparent=True, bg_color="#fff000"), "bg_color"),
+        (lambda: small.generate(output_size=5000), "output_size"),
+        (lambda: small.generate(seed=-1), "seed"),
+        (lambda: small.generate(seed=1.5), "seed"),
+        (lambda: small.generate_png(format="gif"), "format"),
+        (lambda: small.generate_png(transparent=True, format="jpeg"), "format"),
+        (lambda: avatar.AvatarGenerator(size="huge"), "size"),
+        (lambda: avatar.AvatarGenerator(device="tpu"), "device"),
+        (lambda: small.generate_batch(), "n"),
+        (lambda: small.generate_batch(0), "n"),
+    ]
+    for call, field in cases:
+        with pytest.raises(ValueError, match=field) as info:
+            call()
+        assert isinstance(info.value, avatar.InvalidOptionError)
+        assert (info.value.code, info.value.field) == ("ERR_INVALID_OPTION", field)
+    with pytest.raises(TypeError):
+        small.generate(transparent="yes")  # type: ignore[arg-type]
+
+
+def test_other_failures_are_avatar_errors(tmp_path) -> None:
+    with pytest.raises(avatar.BackendNotCompiledError) as info:
+        avatar.AvatarGenerator(device="cuda")
+    assert info.value.code == "ERR_BACKEND_NOT_COMPILED"
+    with pytest.raises(avatar.AvatarIOError, match="missing.safetensors"):
+        avatar.AvatarGenerator(weights=tmp_path / "missing.safetensors")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    with pytest.raises(avatar.WeightsError):
+        avatar.AvatarGenerator(weights=broken)
+    assert issubclass(avatar.WeightsError, avatar.AvatarError)
+
+
+def test_inference_releases_the_gil(small: avatar.AvatarGenerator) -> None:
+    """Two threads generate at once; while they run, the main thread keeps running Python."""
+    results: dict[int, bytes] = {}
+    ticks = 0
+
+    def work(i: int) -> None:
+        results[i] = b"".join(p for p in small.generate_batch(seeds=list(range(48)), format="png"))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        ticks += 1
+        time.sleep(0.001)
+    for t in threads:
+        t.join()
+    assert results[0] == results[1]
+    assert ticks > 10, "the main thread was blocked while the workers ran"
