@@ -34,11 +34,12 @@ PATH="$PWD/$venv/bin:$PATH" "$venv/bin/pip" install -q --disable-pip-version-che
 "$venv/bin/python" -m pytest -q avatar-py/tests
 
 step "node package: napi build of avatar-node, then node --test"
-(cd avatar-node && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build && npm test)
+# npm install, not npm ci: npm 11 rejects lockfiles without the other platforms' optional packages.
+(cd avatar-node && npm install --no-audit --no-fund --loglevel=error && npm run --silent build && npm test)
 
 step "next.js example: next build, next start, HTTP and headless-Chromium checks"
 # install-links=true (.npmrc) copies the addon; drop the old copy so the fresh build is taken.
-# (npm install, not npm ci: npm 11 rejects this lockfile's other-platform optional @next/swc-*.)
+# (npm install, not npm ci, as above.)
 (cd examples/nextjs && rm -rf node_modules/@avatar/node &&
   npm install --no-audit --no-fund --loglevel=error && npx next build && npm test)
 
