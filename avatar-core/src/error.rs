@@ -46,6 +46,18 @@ pub enum AvatarError {
         /// The stored dtype.
         dtype: String,
     },
+    /// A weight file's tensor names or shapes do not match the model; nothing was loaded.
+    #[error("weights {file}: {}", key_summary(.missing, .unexpected, .mismatched))]
+    WeightKeys {
+        /// The file involved.
+        file: String,
+        /// Tensors the model needs that the file lacks.
+        missing: Vec<String>,
+        /// Tensors in the file that the model does not use.
+        unexpected: Vec<String>,
+        /// `name: expected [..], found [..]` for tensors of the wrong shape.
+        mismatched: Vec<String>,
+    },
     /// A weight or config file could not be parsed.
     #[error("weights: {0}")]
     Weights(String),
@@ -102,6 +114,7 @@ impl AvatarError {
             AvatarError::InvalidOption { .. } => "ERR_INVALID_OPTION",
             AvatarError::BackendNotCompiled { .. } => "ERR_BACKEND_NOT_COMPILED",
             AvatarError::MissingTensor { .. }
+            | AvatarError::WeightKeys { .. }
             | AvatarError::TensorShape { .. }
             | AvatarError::TensorDtype { .. }
             | AvatarError::Weights(_) => "ERR_WEIGHTS",
@@ -128,6 +141,30 @@ impl AvatarError {
             AvatarError::InvalidOption { .. } | AvatarError::Cancelled
         )
     }
+}
+
+/// `missing 2 (a, b); unexpected 1 (c)`: at most 8 names per list.
+fn key_summary(missing: &[String], unexpected: &[String], mismatched: &[String]) -> String {
+    let list = |label: &str, names: &[String]| {
+        let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+        let more = names.len().saturating_sub(shown.len());
+        let tail = if more > 0 {
+            format!(", … {more} more")
+        } else {
+            String::new()
+        };
+        format!("{label} {} ({}{tail})", names.len(), shown.join(", "))
+    };
+    let parts: Vec<String> = [
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", mismatched),
+    ]
+    .into_iter()
+    .filter(|(_, names)| !names.is_empty())
+    .map(|(label, names)| list(label, names))
+    .collect();
+    parts.join("; ")
 }
 
 /// Result alias used across the crate.

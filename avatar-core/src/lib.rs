@@ -18,6 +18,7 @@
 pub mod avatar;
 pub mod dcgan;
 pub mod device;
+pub mod diffusion;
 pub mod embedded;
 pub mod error;
 pub mod imaging;

@@ -29,6 +29,7 @@ fn to_py_err(error: AvatarError) -> PyErr {
             AvatarError::InvalidOption { .. } => "InvalidOptionError",
             AvatarError::BackendNotCompiled { .. } => "BackendNotCompiledError",
             AvatarError::MissingTensor { .. }
+            | AvatarError::WeightKeys { .. }
             | AvatarError::TensorShape { .. }
             | AvatarError::TensorDtype { .. }
             | AvatarError::Weights(_)

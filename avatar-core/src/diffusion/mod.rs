@@ -1,0 +1,18 @@
+//! Latent diffusion (Stable Diffusion 1.5 / SDXL) building blocks, ported from
+//! [diffusers](https://github.com/huggingface/diffusers) with numerical parity tests.
+//!
+//! - [`clip_text`]: the CLIP text encoders (SD1.5's CLIP-L, SDXL's CLIP-L + OpenCLIP bigG).
+//! - [`unet`]: `UNet2DConditionModel` ([`transformer_2d`], [`attention`], [`embeddings`]).
+//! - [`vae`]: the KL autoencoder (`AutoencoderKL`); [`resnet`]: blocks shared with the UNet.
+//! - [`weights`]: strict safetensors loading shared by the components.
+//! - [`schedulers`]: the noise schedulers (DDIM, Euler, Euler Ancestral, DPM++ 2M, LCM).
+
+pub mod attention;
+pub mod clip_text;
+pub mod embeddings;
+pub mod resnet;
+pub mod schedulers;
+pub mod transformer_2d;
+pub mod unet;
+pub mod vae;
+pub mod weights;

@@ -1,0 +1,434 @@
+//! diffusers' `UNet2DConditionModel` for SD1.5 and SDXL, driven by `unet/config.json`: down
+//! blocks (`CrossAttnDownBlock2D` / `DownBlock2D`), `UNetMidBlock2DCrossAttn`, up blocks
+//! (`CrossAttnUpBlock2D` / `UpBlock2D`), and SDXL's `text_time` added conditioning.
+//!
+//! Module paths follow diffusers' names (the GEGLU projections are remapped at load time).
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::GroupNorm;
+use burn::nn::conv::Conv2d;
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor};
+use serde::Deserialize;
+
+use super::embeddings::{TimestepEmbedding, timestep_features};
+use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv3x3, group_norm};
+use super::transformer_2d::Transformer2DModel;
+use super::weights::{KeyMap, load_strict, read_config};
+use crate::error::{AvatarError, Result};
+
+/// A config value given once for all blocks or once per block.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PerBlock {
+    /// The same for every block.
+    All(usize),
+    /// One per block, in down-block order.
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    fn get(&self, i: usize) -> usize {
+        match self {
+            PerBlock::All(v) => *v,
+            PerBlock::Each(values) => values[i.min(values.len() - 1)],
+        }
+    }
+}
+
+/// `UNet2DConditionModel` config from diffusers' `unet/config.json` (unknown keys ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UNetConfig {
+    /// Latent channels in.
+    pub in_channels: usize,
+    /// Latent channels out.
+    pub out_channels: usize,
+    /// Channels per level.
+    pub block_out_channels: Vec<usize>,
+    /// Down block types.
+    pub down_block_types: Vec<String>,
+    /// Up block types.
+    pub up_block_types: Vec<String>,
+    /// Mid block type (`UNetMidBlock2DCrossAttn`).
+    #[serde(default = "default_mid")]
+    pub mid_block_type: Option<String>,
+    /// Resnets per down level (up levels have one more).
+    pub layers_per_block: usize,
+    /// Despite its name, the number of attention heads per block (diffusers' legacy naming)
+    /// unless `num_attention_heads` is set.
+    pub attention_head_dim: PerBlock,
+    /// Attention heads per block, when given.
+    #[serde(default)]
+    pub num_attention_heads: Option<PerBlock>,
+    /// Width of the text tokens.
+    pub cross_attention_dim: usize,
+    /// Transformer blocks per attention (SDXL: 1, 2, 10).
+    #[serde(default = "default_one")]
+    pub transformer_layers_per_block: PerBlock,
+    /// Linear (SDXL) or 1x1-convolution (SD1.5) projections in the transformers.
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    /// GroupNorm groups.
+    #[serde(default = "default_groups")]
+    pub norm_num_groups: usize,
+    /// GroupNorm epsilon of the resnets and the output norm.
+    #[serde(default = "default_eps")]
+    pub norm_eps: f64,
+    /// Whether the timestep features are `[cos, sin]`.
+    #[serde(default = "default_true")]
+    pub flip_sin_to_cos: bool,
+    /// Frequency shift of the timestep features.
+    #[serde(default)]
+    pub freq_shift: usize,
+    /// `"text_time"` for SDXL's added conditioning.
+    #[serde(default)]
+    pub addition_embed_type: Option<String>,
+    /// Width of each embedded `time_ids` value (SDXL: 256).
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    /// Input width of `add_embedding` (pooled text + 6 embedded time ids).
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
+}
+
+fn default_mid() -> Option<String> {
+    Some("UNetMidBlock2DCrossAttn".into())
+}
+fn default_one() -> PerBlock {
+    PerBlock::All(1)
+}
+fn default_groups() -> usize {
+    32
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_true() -> bool {
+    true
+}
+
+impl UNetConfig {
+    fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(AvatarError::Config(format!("UNet2DConditionModel: {m}")));
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return bad("block_out_channels, down_block_types and up_block_types must have the same, non-zero length".into());
+        }
+        for kind in self.down_block_types.iter().chain(&self.up_block_types) {
+            if !matches!(
+                kind.as_str(),
+                "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D"
+            ) {
+                return bad(format!("unsupported block type {kind}"));
+            }
+        }
+        match self.mid_block_type.as_deref() {
+            Some("UNetMidBlock2DCrossAttn") => {}
+            other => return bad(format!("unsupported mid block {other:?}")),
+        }
+        if !self.flip_sin_to_cos {
+            return bad("flip_sin_to_cos=false is not supported".into());
+        }
+        match self.addition_embed_type.as_deref() {
+            None => {}
+            Some("text_time")
+                if self.addition_time_embed_dim.is_none()
+                    || self.projection_class_embeddings_input_dim.is_none() =>
+            {
+                return bad("text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim".into());
+            }
+            Some("text_time") => {}
+            Some(other) => return bad(format!("unsupported addition_embed_type {other}")),
+        }
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            let heads = self.heads(i);
+            if heads == 0 || !c.is_multiple_of(heads) || !c.is_multiple_of(self.norm_num_groups) {
+                return bad(format!(
+                    "block {i}: {c} channels do not split into {heads} heads and {} groups",
+                    self.norm_num_groups
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn heads(&self, block: usize) -> usize {
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+            .get(block)
+    }
+
+    /// Builds the UNet with default-initialised weights.
+    pub fn init(&self, device: &Device) -> Result<UNet2DConditionModel> {
+        self.check()?;
+        let channels = &self.block_out_channels;
+        let n = channels.len();
+        let time_dim = 4 * channels[0];
+        let groups = self.norm_num_groups;
+        let resnet = |i: usize, o: usize| {
+            ResnetBlock2D::new(i, o, Some(time_dim), groups, self.norm_eps, device)
+        };
+        let transformer = |c: usize, block: usize, layers: usize| {
+            Transformer2DModel::new(
+                c,
+                self.heads(block),
+                layers,
+                self.cross_attention_dim,
+                groups,
+                self.use_linear_projection,
+                device,
+            )
+        };
+
+        let mut down_blocks = Vec::new();
+        let mut input = channels[0];
+        for (i, kind) in self.down_block_types.iter().enumerate() {
+            let output = channels[i];
+            let cross = kind == "CrossAttnDownBlock2D";
+            let layers = self.transformer_layers_per_block.get(i);
+            down_blocks.push(UNetBlock {
+                resnets: (0..self.layers_per_block)
+                    .map(|j| resnet(if j == 0 { input } else { output }, output))
+                    .collect(),
+                attentions: if cross {
+                    (0..self.layers_per_block)
+                        .map(|_| transformer(output, i, layers))
+                        .collect()
+                } else {
+                    vec![]
+                },
+                downsamplers: if i + 1 < n {
+                    vec![Downsample2D::unet(output, device)]
+                } else {
+                    vec![]
+                },
+                upsamplers: vec![],
+            });
+            input = output;
+        }
+
+        let last = channels[n - 1];
+        let mid_block = UNetBlock {
+            resnets: vec![resnet(last, last), resnet(last, last)],
+            attentions: vec![transformer(
+                last,
+                n - 1,
+                self.transformer_layers_per_block.get(n - 1),
+            )],
+            downsamplers: vec![],
+            upsamplers: vec![],
+        };
+
+        let mut up_blocks = Vec::new();
+        let mut previous = last;
+        for (i, kind) in self.up_block_types.iter().enumerate() {
+            let block = n - 1 - i;
+            let output = channels[block];
+            let input = channels[block.saturating_sub(1)];
+            let cross = kind == "CrossAttnUpBlock2D";
+            let count = self.layers_per_block + 1;
+            let layers = self.transformer_layers_per_block.get(block);
+            up_blocks.push(UNetBlock {
+                resnets: (0..count)
+                    .map(|j| {
+                        let skip = if j == count - 1 { input } else { output };
+                        let from = if j == 0 { previous } else { output };
+                        resnet(from + skip, output)
+                    })
+                    .collect(),
+                attentions: if cross {
+                    (0..count)
+                        .map(|_| transformer(output, block, layers))
+                        .collect()
+                } else {
+                    vec![]
+                },
+                downsamplers: vec![],
+                upsamplers: if i + 1 < n {
+                    vec![Upsample2D::new(output, device)]
+                } else {
+                    vec![]
+                },
+            });
+            previous = output;
+        }
+
+        let add_embedding = match (
+            self.addition_embed_type.as_deref(),
+            self.projection_class_embeddings_input_dim,
+        ) {
+            (Some("text_time"), Some(input)) => {
+                Some(TimestepEmbedding::new(input, time_dim, device))
+            }
+            _ => None,
+        };
+        Ok(UNet2DConditionModel {
+            conv_in: conv3x3(self.in_channels, channels[0], device),
+            time_embedding: TimestepEmbedding::new(channels[0], time_dim, device),
+            add_embedding,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: group_norm(groups, channels[0], self.norm_eps, device),
+            conv_out: conv3x3(channels[0], self.out_channels, device),
+            time_features: channels[0],
+            freq_shift: self.freq_shift,
+            add_time_features: self.addition_time_embed_dim.unwrap_or(0),
+        })
+    }
+}
+
+/// One level of the UNet (down, mid or up): resnets, optional spatial transformers, and a
+/// resampler. Empty lists stand for absent parts, as in diffusers' module names.
+#[derive(Module, Debug)]
+pub struct UNetBlock {
+    /// The resnets.
+    pub resnets: Vec<ResnetBlock2D>,
+    /// One transformer after each resnet (cross-attention blocks), else none.
+    pub attentions: Vec<Transformer2DModel>,
+    /// Halves the resolution after the level (down blocks but the last).
+    pub downsamplers: Vec<Downsample2D>,
+    /// Doubles the resolution after the level (up blocks but the last).
+    pub upsamplers: Vec<Upsample2D>,
+}
+
+/// SDXL's added conditioning: pooled text embedding and the six size/crop numbers.
+#[derive(Debug, Clone)]
+pub struct AddedConditioning {
+    /// `[B, P]` pooled, projected text embedding of the second encoder.
+    pub text_embeds: Tensor<2>,
+    /// `[B, 6]`: original (h, w), crop (top, left), target (h, w).
+    pub time_ids: Tensor<2>,
+}
+
+/// The denoising UNet.
+#[derive(Module, Debug)]
+pub struct UNet2DConditionModel {
+    /// Stem.
+    pub conv_in: Conv2d,
+    /// Timestep MLP.
+    pub time_embedding: TimestepEmbedding,
+    /// SDXL's `text_time` embedding.
+    pub add_embedding: Option<TimestepEmbedding>,
+    /// Down levels.
+    pub down_blocks: Vec<UNetBlock>,
+    /// Bottleneck.
+    pub mid_block: UNetBlock,
+    /// Up levels.
+    pub up_blocks: Vec<UNetBlock>,
+    /// Output norm.
+    pub conv_norm_out: GroupNorm,
+    /// To latent channels.
+    pub conv_out: Conv2d,
+    time_features: usize,
+    freq_shift: usize,
+    add_time_features: usize,
+}
+
+impl UNet2DConditionModel {
+    /// Loads `config.json` + `diffusion_pytorch_model.safetensors` from a diffusers `unet/` folder.
+    pub fn load(dir: &Path, device: &Device) -> Result<(UNetConfig, Self)> {
+        let config: UNetConfig = read_config(&dir.join("config.json"))?;
+        let keys = KeyMap::default()
+            .remap(r"\.ff\.net\.0\.proj\.", ".ff.proj_in.")
+            .remap(r"\.ff\.net\.2\.", ".ff.proj_out.");
+        let model = load_strict(
+            config.init(device)?,
+            &dir.join("diffusion_pytorch_model.safetensors"),
+            &keys,
+        )?;
+        Ok((config, model))
+    }
+
+    /// Predicts noise (or v) for `sample` `[B, C, h, w]` at `timesteps` (one per batch item),
+    /// conditioned on `context` `[B, T, D]` (and SDXL's `added`).
+    pub fn forward(
+        &self,
+        sample: Tensor<4>,
+        timesteps: &[f32],
+        context: Tensor<3>,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor<4>> {
+        let device = sample.device();
+        let [b, _, h, w] = sample.dims();
+        if timesteps.len() != b {
+            return Err(AvatarError::invalid(
+                "timesteps",
+                format!("{} timesteps for a batch of {b}", timesteps.len()),
+            ));
+        }
+        let levels = self.down_blocks.len() - 1;
+        if !h.is_multiple_of(1 << levels) || !w.is_multiple_of(1 << levels) {
+            return Err(AvatarError::invalid(
+                "latents",
+                format!("{h}x{w} latents are not divisible by {}", 1 << levels),
+            ));
+        }
+        let features = timestep_features(
+            timesteps,
+            self.time_features,
+            self.freq_shift as f32,
+            &device,
+        );
+        let mut temb = self.time_embedding.forward(features);
+        match (&self.add_embedding, added) {
+            (Some(embedding), Some(added)) => {
+                let ids = added
+                    .time_ids
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| AvatarError::Backend(format!("{e:?}")))?;
+                let time = timestep_features(&ids, self.add_time_features, 0.0, &device)
+                    .reshape([b, ids.len() / b * self.add_time_features]);
+                let input = Tensor::cat(vec![added.text_embeds.clone(), time], 1);
+                temb = temb + embedding.forward(input);
+            }
+            (Some(_), None) => {
+                return Err(AvatarError::invalid(
+                    "added_cond",
+                    "this UNet (text_time) needs text_embeds and time_ids",
+                ));
+            }
+            _ => {}
+        }
+
+        let mut x = self.conv_in.forward(sample);
+        let mut skips = vec![x.clone()];
+        for block in &self.down_blocks {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                x = resnet.forward(x, Some(temb.clone()));
+                if let Some(attention) = block.attentions.get(j) {
+                    x = attention.forward(x, context.clone());
+                }
+                skips.push(x.clone());
+            }
+            for down in &block.downsamplers {
+                x = down.forward(x);
+                skips.push(x.clone());
+            }
+        }
+
+        x = self.mid_block.resnets[0].forward(x, Some(temb.clone()));
+        x = self.mid_block.attentions[0].forward(x, context.clone());
+        x = self.mid_block.resnets[1].forward(x, Some(temb.clone()));
+
+        for block in &self.up_blocks {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                let skip = skips.pop().expect("one skip per resnet");
+                x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(temb.clone()));
+                if let Some(attention) = block.attentions.get(j) {
+                    x = attention.forward(x, context.clone());
+                }
+            }
+            for up in &block.upsamplers {
+                x = up.forward(x);
+            }
+        }
+        Ok(self.conv_out.forward(silu(self.conv_norm_out.forward(x))))
+    }
+}
