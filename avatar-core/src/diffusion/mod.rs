@@ -2,6 +2,7 @@
 //! [diffusers](https://github.com/huggingface/diffusers) with numerical parity tests.
 //!
 //! - [`clip_text`]: the CLIP text encoders (SD1.5's CLIP-L, SDXL's CLIP-L + OpenCLIP bigG).
+//! - [`denoise`]: the guided denoising loop and latent decoding shared by the pipelines.
 //! - [`unet`]: `UNet2DConditionModel` ([`transformer_2d`], [`attention`], [`embeddings`]).
 //! - [`vae`]: the KL autoencoder (`AutoencoderKL`); [`resnet`]: blocks shared with the UNet.
 //! - [`weights`]: strict safetensors loading shared by the components.
@@ -9,6 +10,7 @@
 
 pub mod attention;
 pub mod clip_text;
+pub mod denoise;
 pub mod embeddings;
 pub mod resnet;
 pub mod schedulers;

@@ -1,0 +1,107 @@
+//! The denoising loop shared by the text-to-image and image-to-image pipelines: classifier-free
+//! guidance over a UNet and a scheduler, as diffusers' Stable Diffusion pipelines run it.
+
+use burn::tensor::Tensor;
+
+use super::schedulers::Scheduler;
+use super::unet::{AddedConditioning, UNet2DConditionModel};
+use super::vae::AutoencoderKL;
+use crate::avatar::Progress;
+use crate::error::{AvatarError, Result};
+
+/// Conditioning of one denoising run.
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// `[2B, T, D]` prompt embeddings, negative (unconditional) first, as diffusers batches them;
+    /// `[B, T, D]` positive only when `guidance_scale <= 1`.
+    pub prompt_embeds: Tensor<3>,
+    /// SDXL's added conditioning, batched like `prompt_embeds`.
+    pub added: Option<AddedConditioning>,
+    /// Classifier-free guidance weight (`<= 1` turns guidance off).
+    pub guidance_scale: f64,
+}
+
+impl Conditioning {
+    fn guided(&self) -> bool {
+        self.guidance_scale > 1.0
+    }
+}
+
+/// Runs `scheduler` (already given its timesteps; for img2img, starting at `start` with latents
+/// noised to that point) from `latents` `[B, C, h, w]`. `latents` are the initial noise for
+/// text-to-image and are scaled by the scheduler's `init_noise_sigma` when `scale_initial` is set.
+/// `noise` supplies standard-normal tensors of a given shape for schedulers that draw noise per
+/// step; `progress` is called after each step and may return `false` to cancel.
+#[allow(clippy::too_many_arguments)]
+pub fn denoise(
+    unet: &UNet2DConditionModel,
+    scheduler: &mut Scheduler,
+    latents: Tensor<4>,
+    scale_initial: bool,
+    start: usize,
+    conditioning: &Conditioning,
+    mut noise: impl FnMut([usize; 4]) -> Tensor<4>,
+    mut progress: impl FnMut(Progress) -> bool,
+) -> Result<Tensor<4>> {
+    let timesteps: Vec<f64> = scheduler.timesteps().to_vec();
+    if start > timesteps.len() {
+        return Err(AvatarError::invalid(
+            "strength",
+            "leaves no denoising step to run",
+        ));
+    }
+    let guided = conditioning.guided();
+    let batch = latents.dims()[0];
+    let embeds_batch = conditioning.prompt_embeds.dims()[0];
+    if embeds_batch != if guided { 2 * batch } else { batch } {
+        return Err(AvatarError::invalid(
+            "prompt_embeds",
+            format!("batch {embeds_batch} does not fit {batch} latents with guidance={guided}"),
+        ));
+    }
+    let mut latents = if scale_initial {
+        latents.mul_scalar(scheduler.init_noise_sigma())
+    } else {
+        latents
+    };
+    let total = timesteps.len() - start;
+    for (i, &t) in timesteps[start..].iter().enumerate() {
+        let input = if guided {
+            Tensor::cat(vec![latents.clone(), latents.clone()], 0)
+        } else {
+            latents.clone()
+        };
+        let input = scheduler.scale_model_input(input, t)?;
+        let times = vec![t as f32; input.dims()[0]];
+        let prediction = unet.forward(
+            input,
+            &times,
+            conditioning.prompt_embeds.clone(),
+            conditioning.added.as_ref(),
+        )?;
+        let prediction = if guided {
+            let [b2, c, h, w] = prediction.dims();
+            let uncond = prediction.clone().slice([0..b2 / 2, 0..c, 0..h, 0..w]);
+            let cond = prediction.slice([b2 / 2..b2, 0..c, 0..h, 0..w]);
+            uncond.clone() + (cond - uncond).mul_scalar(conditioning.guidance_scale)
+        } else {
+            prediction
+        };
+        latents = scheduler
+            .step_with(prediction, t, latents, |sample| noise(sample.dims()))?
+            .prev_sample;
+        if !progress(Progress { done: i + 1, total }) {
+            return Err(AvatarError::Cancelled);
+        }
+    }
+    Ok(latents)
+}
+
+/// Latents -> images in [0, 1] (`vae.decode(latents / scaling_factor)`, then `x / 2 + 0.5`
+/// clamped), as diffusers' image processor does before converting to 8 bits.
+pub fn decode_latents(vae: &AutoencoderKL, latents: Tensor<4>, scaling_factor: f64) -> Tensor<4> {
+    vae.decode(latents.div_scalar(scaling_factor))
+        .div_scalar(2.0)
+        .add_scalar(0.5)
+        .clamp(0.0, 1.0)
+}
