@@ -1,6 +1,8 @@
 //! Latent diffusion (Stable Diffusion 1.5 / SDXL) building blocks, ported from
 //! [diffusers](https://github.com/huggingface/diffusers) with numerical parity tests.
 //!
+//! - [`pipeline`]: text-to-image for SD1.5 and SDXL from a diffusers folder.
+//! - [`tokenizer`]: CLIP's byte-level BPE tokenizer.
 //! - [`clip_text`]: the CLIP text encoders (SD1.5's CLIP-L, SDXL's CLIP-L + OpenCLIP bigG).
 //! - [`denoise`]: the guided denoising loop and latent decoding shared by the pipelines.
 //! - [`unet`]: `UNet2DConditionModel` ([`transformer_2d`], [`attention`], [`embeddings`]).
@@ -12,8 +14,10 @@ pub mod attention;
 pub mod clip_text;
 pub mod denoise;
 pub mod embeddings;
+pub mod pipeline;
 pub mod resnet;
 pub mod schedulers;
+pub mod tokenizer;
 pub mod transformer_2d;
 pub mod unet;
 pub mod vae;

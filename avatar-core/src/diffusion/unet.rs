@@ -43,6 +43,9 @@ impl PerBlock {
 pub struct UNetConfig {
     /// Latent channels in.
     pub in_channels: usize,
+    /// Native latent side (64 for SD1.5, 128 for SDXL): the default image size / VAE factor.
+    #[serde(default)]
+    pub sample_size: Option<usize>,
     /// Latent channels out.
     pub out_channels: usize,
     /// Channels per level.

@@ -1,0 +1,327 @@
+//! Text-to-image with Stable Diffusion 1.5 and SDXL from a diffusers folder (`model_index.json`,
+//! `tokenizer(_2)/`, `text_encoder(_2)/`, `unet/`, `vae/`, `scheduler/`), as diffusers'
+//! `StableDiffusionPipeline` and `StableDiffusionXLPipeline` run it.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use image::RgbaImage;
+
+use super::clip_text::ClipTextModel;
+use super::denoise::{Conditioning, decode_latents, denoise};
+use super::schedulers::{Scheduler, SchedulerConfig};
+use super::tokenizer::{ClipTokenizer, MAX_LENGTH};
+use super::unet::{AddedConditioning, UNet2DConditionModel, UNetConfig};
+use super::vae::{AutoencoderKL, VaeConfig};
+use super::weights::read_config;
+use crate::avatar::Progress;
+use crate::error::{AvatarError, Result};
+use crate::seed::{NormalStream, Seed};
+
+/// Most images per call.
+pub const MAX_IMAGES: usize = 8;
+
+/// Options of one text-to-image call (the parameter names of diffusers and seeds 001-003).
+#[derive(Debug, Clone)]
+pub struct TextToImageOptions {
+    /// What to draw.
+    pub prompt: String,
+    /// What to steer away from (classifier-free guidance's unconditional prompt).
+    pub negative_prompt: String,
+    /// Denoising steps.
+    pub num_inference_steps: usize,
+    /// Classifier-free guidance weight (`<= 1` turns it off).
+    pub guidance_scale: f64,
+    /// Output width in pixels (a multiple of 8; default: the UNet's sample size x 8).
+    pub width: Option<u32>,
+    /// Output height in pixels (a multiple of 8).
+    pub height: Option<u32>,
+    /// Images per prompt.
+    pub num_images: usize,
+    /// Seed of the initial noise (and of per-step noise); `None` draws one.
+    pub seed: Option<Seed>,
+    /// Scheduler name (`ddim`, `euler`, `euler_a`, `dpmpp_2m`, `dpmpp_2m_karras`, `lcm`);
+    /// `None` uses the folder's scheduler when supported, else Euler.
+    pub scheduler: Option<String>,
+    /// Explicit initial latents `[num_images, C, h/8, w/8]` instead of seeded noise.
+    pub latents: Option<Tensor<4>>,
+    /// SDXL micro-conditioning: the (height, width) the training image had (default: the output
+    /// size).
+    pub original_size: Option<(u32, u32)>,
+    /// SDXL micro-conditioning: the (top, left) crop (default (0, 0)).
+    pub crops_coords_top_left: (u32, u32),
+    /// SDXL micro-conditioning: the (height, width) aimed at (default: the output size).
+    pub target_size: Option<(u32, u32)>,
+}
+
+impl Default for TextToImageOptions {
+    fn default() -> Self {
+        TextToImageOptions {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            num_inference_steps: 30,
+            guidance_scale: 7.5,
+            width: None,
+            height: None,
+            num_images: 1,
+            seed: None,
+            scheduler: None,
+            latents: None,
+            original_size: None,
+            crops_coords_top_left: (0, 0),
+            target_size: None,
+        }
+    }
+}
+
+/// One text encoder with its tokenizer.
+#[derive(Debug)]
+struct TextTower {
+    tokenizer: ClipTokenizer,
+    encoder: ClipTextModel,
+}
+
+/// A loaded Stable Diffusion (1.5-style or XL) pipeline.
+#[derive(Debug)]
+pub struct StableDiffusion {
+    towers: Vec<TextTower>,
+    unet: UNet2DConditionModel,
+    unet_config: UNetConfig,
+    vae: AutoencoderKL,
+    vae_config: VaeConfig,
+    scheduler_config: SchedulerConfig,
+    force_zeros_for_empty_prompt: bool,
+    device: Device,
+}
+
+impl StableDiffusion {
+    /// Loads a diffusers pipeline folder; SDXL is recognised by `text_encoder_2/`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let index: serde_json::Value = read_config(&dir.join("model_index.json"))?;
+        let mut towers = vec![TextTower {
+            tokenizer: ClipTokenizer::load(&dir.join("tokenizer"))?,
+            encoder: ClipTextModel::load(&dir.join("text_encoder"), device)?,
+        }];
+        if dir.join("text_encoder_2").is_dir() {
+            towers.push(TextTower {
+                tokenizer: ClipTokenizer::load(&dir.join("tokenizer_2"))?,
+                encoder: ClipTextModel::load(&dir.join("text_encoder_2"), device)?,
+            });
+        }
+        let (unet_config, unet) = UNet2DConditionModel::load(&dir.join("unet"), device)?;
+        let (vae_config, vae) = AutoencoderKL::load(&dir.join("vae"), device)?;
+        let scheduler_config =
+            SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
+        Ok(StableDiffusion {
+            towers,
+            unet,
+            unet_config,
+            vae,
+            vae_config,
+            scheduler_config,
+            force_zeros_for_empty_prompt: index["force_zeros_for_empty_prompt"]
+                .as_bool()
+                .unwrap_or(false),
+            device: device.clone(),
+        })
+    }
+
+    /// Whether this is an SDXL pipeline (two text encoders, added conditioning).
+    pub fn is_xl(&self) -> bool {
+        self.towers.len() == 2
+    }
+
+    /// `(prompt_embeds [1, 77, D], pooled [1, P])` of one text, as the pipelines encode it.
+    fn encode(&self, text: &str) -> (Tensor<3>, Option<Tensor<2>>) {
+        let outputs: Vec<_> = self
+            .towers
+            .iter()
+            .map(|tower| {
+                let ids = tower.tokenizer.encode_padded(text, MAX_LENGTH);
+                let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+                let ids = Tensor::<2, Int>::from_data(
+                    TensorData::new(ids, [1, MAX_LENGTH]),
+                    &self.device,
+                );
+                tower.encoder.forward(ids)
+            })
+            .collect();
+        if self.is_xl() {
+            let embeds = Tensor::cat(outputs.iter().map(|o| o.penultimate()).collect(), 2);
+            let pooled = outputs[1].text_embeds.clone();
+            (embeds, pooled)
+        } else {
+            (outputs[0].last_hidden_state.clone(), None)
+        }
+    }
+
+    fn scheduler(&self, name: Option<&str>) -> Result<Scheduler> {
+        match name {
+            Some(name) => Scheduler::from_name(name, &self.scheduler_config),
+            None => Scheduler::from_config(&self.scheduler_config)
+                .or_else(|_| Scheduler::from_name("euler", &self.scheduler_config)),
+        }
+    }
+
+    fn size(&self, options: &TextToImageOptions) -> Result<(usize, usize)> {
+        let factor = 1usize << (self.vae_config.block_out_channels.len() - 1);
+        let default = self.unet_config.sample_size.unwrap_or(64) * factor;
+        let check = |field: &'static str, value: Option<u32>| -> Result<usize> {
+            let value = value.map(|v| v as usize).unwrap_or(default);
+            if value == 0 || !value.is_multiple_of(8) || value > 2048 {
+                return Err(AvatarError::invalid(
+                    field,
+                    format!("{value} must be a multiple of 8 in 8..=2048"),
+                ));
+            }
+            Ok(value)
+        };
+        Ok((
+            check("height", options.height)?,
+            check("width", options.width)?,
+        ))
+    }
+
+    /// Images in [0, 1] `[N, 3, H, W]` for `options`; `progress` after each step may cancel.
+    pub fn text_to_image_tensor(
+        &self,
+        options: &TextToImageOptions,
+        progress: impl FnMut(Progress) -> bool,
+    ) -> Result<Tensor<4>> {
+        if !(1..=MAX_IMAGES).contains(&options.num_images) {
+            return Err(AvatarError::invalid(
+                "num_images",
+                format!("{} is out of range 1..={MAX_IMAGES}", options.num_images),
+            ));
+        }
+        if !(0.0..=50.0).contains(&options.guidance_scale) {
+            return Err(AvatarError::invalid(
+                "guidance_scale",
+                format!("{} is out of range 0..=50", options.guidance_scale),
+            ));
+        }
+        let (height, width) = self.size(options)?;
+        let mut scheduler = self.scheduler(options.scheduler.as_deref())?;
+        scheduler.set_timesteps(options.num_inference_steps)?;
+
+        let n = options.num_images;
+        let (positive, pooled) = self.encode(&options.prompt);
+        let guided = options.guidance_scale > 1.0;
+        let repeat2 = |t: Tensor<2>| Tensor::cat(vec![t; n], 0);
+        let repeat3 = |t: Tensor<3>| Tensor::cat(vec![t; n], 0);
+        let zeros_negative =
+            self.force_zeros_for_empty_prompt && options.negative_prompt.is_empty();
+        let (negative, negative_pooled) = if zeros_negative {
+            (
+                positive.zeros_like(),
+                pooled.as_ref().map(Tensor::zeros_like),
+            )
+        } else {
+            self.encode(&options.negative_prompt)
+        };
+        let (prompt_embeds, text_embeds) = if guided {
+            (
+                Tensor::cat(vec![repeat3(negative), repeat3(positive)], 0),
+                pooled.map(|p| {
+                    Tensor::cat(
+                        vec![repeat2(negative_pooled.expect("xl has pooled")), repeat2(p)],
+                        0,
+                    )
+                }),
+            )
+        } else {
+            (repeat3(positive), pooled.map(repeat2))
+        };
+        let added = text_embeds.map(|text_embeds| {
+            let rows = text_embeds.dims()[0];
+            let size = (height as u32, width as u32);
+            let (oh, ow) = options.original_size.unwrap_or(size);
+            let (top, left) = options.crops_coords_top_left;
+            let (th, tw) = options.target_size.unwrap_or(size);
+            let ids = [oh, ow, top, left, th, tw].map(|v| v as f32);
+            let time_ids = Tensor::<1>::from_data(TensorData::new(ids.to_vec(), [6]), &self.device)
+                .reshape([1, 6])
+                .repeat_dim(0, rows);
+            AddedConditioning {
+                text_embeds,
+                time_ids,
+            }
+        });
+        let conditioning = Conditioning {
+            prompt_embeds,
+            added,
+            guidance_scale: options.guidance_scale,
+        };
+
+        let factor = 1usize << (self.vae_config.block_out_channels.len() - 1);
+        let shape = [
+            n,
+            self.unet_config.in_channels,
+            height / factor,
+            width / factor,
+        ];
+        let seed = options.seed.clone().unwrap_or_else(Seed::random);
+        let mut stream: NormalStream = seed.normal_stream();
+        let latents = match &options.latents {
+            Some(latents) if latents.dims() == shape => latents.clone(),
+            Some(latents) => {
+                return Err(AvatarError::invalid(
+                    "latents",
+                    format!("shape {:?}, expected {shape:?}", latents.dims()),
+                ));
+            }
+            None => self.noise(&mut stream, shape),
+        };
+        let latents = denoise(
+            &self.unet,
+            &mut scheduler,
+            latents,
+            true,
+            0,
+            &conditioning,
+            |shape| self.noise(&mut stream, shape),
+            progress,
+        )?;
+        Ok(decode_latents(
+            &self.vae,
+            latents,
+            self.vae_config.scaling_factor,
+        ))
+    }
+
+    fn noise(&self, stream: &mut NormalStream, shape: [usize; 4]) -> Tensor<4> {
+        let values = stream.take_vec(shape.iter().product());
+        Tensor::from_data(TensorData::new(values, shape), &self.device)
+    }
+
+    /// RGBA images (opaque) for `options`.
+    pub fn text_to_image(
+        &self,
+        options: &TextToImageOptions,
+        progress: impl FnMut(Progress) -> bool,
+    ) -> Result<Vec<RgbaImage>> {
+        let images = self.text_to_image_tensor(options, progress)?;
+        let [n, _, h, w] = images.dims();
+        let values = images
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| AvatarError::Backend(format!("{e:?}")))?;
+        let plane = h * w;
+        Ok((0..n)
+            .map(|i| {
+                let image = &values[i * 3 * plane..(i + 1) * 3 * plane];
+                RgbaImage::from_fn(w as u32, h as u32, |x, y| {
+                    let p = y as usize * w + x as usize;
+                    let u8_of = |v: f32| (v * 255.0).round().clamp(0.0, 255.0) as u8;
+                    image::Rgba([
+                        u8_of(image[p]),
+                        u8_of(image[plane + p]),
+                        u8_of(image[2 * plane + p]),
+                        255,
+                    ])
+                })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,149 @@
+//! Text to image through the whole pipeline (tokenizers, text encoders, UNet, scheduler, VAE)
+//! against diffusers 0.42.1: the prompts and explicit latents of the e2e fixtures, compared on
+//! the final float image; plus seeded reproducibility and option errors.
+
+use std::path::{Path, PathBuf};
+
+use avatar_core::AvatarError;
+use avatar_core::diffusion::pipeline::{StableDiffusion, TextToImageOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::SafeTensors;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion")
+}
+
+fn e2e_tensor(file: &str, name: &str, device: &Device) -> Tensor<4> {
+    let bytes = std::fs::read(fixtures().join("e2e").join(file)).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let view = tensors.tensor(name).unwrap();
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let shape: [usize; 4] = view.shape().try_into().unwrap();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+fn check(folder: &str, model: &str, scheduler: &str) {
+    let device = Device::flex();
+    let pipeline = StableDiffusion::load(&fixtures().join(folder), &device).unwrap();
+    assert_eq!(pipeline.is_xl(), model == "sdxl");
+    let options = TextToImageOptions {
+        prompt: "a photo of an astronaut riding a horse".into(),
+        negative_prompt: "blurry, low quality".into(),
+        num_inference_steps: 2,
+        guidance_scale: 7.5,
+        width: Some(16),
+        height: Some(16),
+        scheduler: Some(scheduler.into()),
+        // The SDXL fixture's micro-conditioning (ignored by SD1.5).
+        original_size: Some((48, 40)),
+        crops_coords_top_left: (4, 2),
+        latents: Some(e2e_tensor(
+            &format!("{model}_txt2img_inputs.safetensors"),
+            "latents",
+            &device,
+        )),
+        ..Default::default()
+    };
+    let mut steps = 0;
+    let image = pipeline
+        .text_to_image_tensor(&options, |_| {
+            steps += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(steps, 2);
+    let expected = e2e_tensor(
+        &format!("{model}_txt2img_{scheduler}.safetensors"),
+        "image",
+        &device,
+    );
+    let diff = (image - expected).abs().max().into_scalar::<f32>();
+    eprintln!("{model} {scheduler}: image max abs diff {diff:e}");
+    assert!(diff < 1e-3, "{model} {scheduler}: {diff}");
+}
+
+#[test]
+fn sd15_prompt_to_image_matches_diffusers() {
+    check("sd15_tiny", "sd15", "ddim");
+    check("sd15_tiny", "sd15", "dpmpp_2m_karras");
+}
+
+#[test]
+fn sdxl_prompt_to_image_matches_diffusers() {
+    check("sdxl_tiny", "sdxl", "euler");
+}
+
+#[test]
+fn seeds_reproduce_and_bad_options_are_named() {
+    let device = Device::flex();
+    let pipeline = StableDiffusion::load(&fixtures().join("sd15_tiny"), &device).unwrap();
+    let options = TextToImageOptions {
+        prompt: "an avatar".into(),
+        num_inference_steps: 2,
+        num_images: 2,
+        seed: Some("alice".into()),
+        scheduler: Some("euler_a".into()),
+        ..Default::default()
+    };
+    let a = pipeline.text_to_image(&options, |_| true).unwrap();
+    let b = pipeline.text_to_image(&options, |_| true).unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(
+        a[0].dimensions(),
+        (32, 32),
+        "default size: sample_size x VAE factor"
+    );
+    assert_eq!(a, b, "the same seed gives the same images");
+    assert_ne!(a[0], a[1], "two images per prompt differ");
+    let other = pipeline
+        .text_to_image(
+            &TextToImageOptions {
+                seed: Some("bob".into()),
+                ..options.clone()
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert_ne!(a[0], other[0]);
+
+    let field = |options: TextToImageOptions| match pipeline.text_to_image(&options, |_| true) {
+        Err(AvatarError::InvalidOption { field, .. }) => field,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        field(TextToImageOptions {
+            width: Some(20),
+            ..options.clone()
+        }),
+        "width"
+    );
+    assert_eq!(
+        field(TextToImageOptions {
+            num_images: 0,
+            ..options.clone()
+        }),
+        "num_images"
+    );
+    assert_eq!(
+        field(TextToImageOptions {
+            guidance_scale: -1.0,
+            ..options.clone()
+        }),
+        "guidance_scale"
+    );
+    assert_eq!(
+        field(TextToImageOptions {
+            num_inference_steps: 0,
+            ..options.clone()
+        }),
+        "num_inference_steps"
+    );
+    assert!(matches!(
+        pipeline.text_to_image(&options, |_| false),
+        Err(AvatarError::Cancelled)
+    ));
+}
