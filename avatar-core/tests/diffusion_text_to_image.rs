@@ -147,3 +147,85 @@ fn seeds_reproduce_and_bad_options_are_named() {
         Err(AvatarError::Cancelled)
     ));
 }
+
+#[test]
+fn sd15_image_to_image_matches_diffusers() {
+    let device = Device::flex();
+    let pipeline = StableDiffusion::load(&fixtures().join("sd15_tiny"), &device).unwrap();
+    let file = "sd15_img2img_euler.safetensors";
+    let options = TextToImageOptions {
+        prompt: "a photo of an astronaut riding a horse".into(),
+        negative_prompt: "blurry, low quality".into(),
+        num_inference_steps: 4,
+        guidance_scale: 7.5,
+        scheduler: Some("euler".into()),
+        ..Default::default()
+    };
+    // diffusers' draw order: the posterior sample, then the forward-diffusion noise.
+    let mut draws = vec![
+        e2e_tensor(file, "posterior_noise", &device),
+        e2e_tensor(file, "add_noise_noise", &device),
+    ]
+    .into_iter();
+    let mut steps = 0;
+    let image = pipeline
+        .image_to_image_with_noise(
+            e2e_tensor(file, "init_image_01", &device),
+            0.5,
+            &options,
+            |_| draws.next().expect("two draws"),
+            |_| {
+                steps += 1;
+                true
+            },
+        )
+        .unwrap();
+    assert_eq!(steps, 2, "strength 0.5 of 4 steps runs 2");
+    let diff = (image - e2e_tensor(file, "image", &device))
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    eprintln!("sd15 img2img euler: image max abs diff {diff:e}");
+    assert!(diff < 1e-3, "img2img differs by {diff}");
+
+    let bad = |strength: f64| {
+        pipeline
+            .image_to_image_tensor(
+                e2e_tensor(file, "init_image_01", &device),
+                strength,
+                &options,
+                |_| true,
+            )
+            .unwrap_err()
+    };
+    assert!(matches!(
+        bad(1.5),
+        AvatarError::InvalidOption {
+            field: "strength",
+            ..
+        }
+    ));
+    assert!(matches!(
+        bad(0.0),
+        AvatarError::InvalidOption {
+            field: "strength",
+            ..
+        }
+    ));
+    // The RGBA front door: any image size is brought to a multiple of 8.
+    let photo = image::RgbaImage::from_fn(19, 17, |x, y| {
+        image::Rgba([(x * 13) as u8, (y * 15) as u8, 90, 255])
+    });
+    let out = pipeline
+        .image_to_image(
+            &photo,
+            0.75,
+            &TextToImageOptions {
+                seed: Some(1.into()),
+                ..options
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert_eq!(out[0].dimensions(), (16, 16));
+}

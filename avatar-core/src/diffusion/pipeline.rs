@@ -182,12 +182,13 @@ impl StableDiffusion {
         ))
     }
 
-    /// Images in [0, 1] `[N, 3, H, W]` for `options`; `progress` after each step may cancel.
-    pub fn text_to_image_tensor(
+    /// Checks the shared options and builds the guidance conditioning for `n` images.
+    fn conditioning(
         &self,
         options: &TextToImageOptions,
-        progress: impl FnMut(Progress) -> bool,
-    ) -> Result<Tensor<4>> {
+        height: usize,
+        width: usize,
+    ) -> Result<Conditioning> {
         if !(1..=MAX_IMAGES).contains(&options.num_images) {
             return Err(AvatarError::invalid(
                 "num_images",
@@ -200,10 +201,6 @@ impl StableDiffusion {
                 format!("{} is out of range 0..=50", options.guidance_scale),
             ));
         }
-        let (height, width) = self.size(options)?;
-        let mut scheduler = self.scheduler(options.scheduler.as_deref())?;
-        scheduler.set_timesteps(options.num_inference_steps)?;
-
         let n = options.num_images;
         let (positive, pooled) = self.encode(&options.prompt);
         let guided = options.guidance_scale > 1.0;
@@ -247,21 +244,48 @@ impl StableDiffusion {
                 time_ids,
             }
         });
-        let conditioning = Conditioning {
+        Ok(Conditioning {
             prompt_embeds,
             added,
             guidance_scale: options.guidance_scale,
-        };
+        })
+    }
 
+    fn latent_shape(&self, n: usize, height: usize, width: usize) -> [usize; 4] {
         let factor = 1usize << (self.vae_config.block_out_channels.len() - 1);
-        let shape = [
+        [
             n,
             self.unet_config.in_channels,
             height / factor,
             width / factor,
-        ];
+        ]
+    }
+
+    /// Images in [0, 1] `[N, 3, H, W]` for `options`; `progress` after each step may cancel.
+    /// Noise comes from `options.seed` (our documented normal stream).
+    pub fn text_to_image_tensor(
+        &self,
+        options: &TextToImageOptions,
+        progress: impl FnMut(Progress) -> bool,
+    ) -> Result<Tensor<4>> {
         let seed = options.seed.clone().unwrap_or_else(Seed::random);
-        let mut stream: NormalStream = seed.normal_stream();
+        let mut stream = seed.normal_stream();
+        self.text_to_image_with_noise(options, |shape| self.noise(&mut stream, shape), progress)
+    }
+
+    /// [`StableDiffusion::text_to_image_tensor`] drawing every noise tensor (initial latents
+    /// unless given, per-step noise of ancestral schedulers) from `noise`.
+    pub fn text_to_image_with_noise(
+        &self,
+        options: &TextToImageOptions,
+        mut noise: impl FnMut([usize; 4]) -> Tensor<4>,
+        progress: impl FnMut(Progress) -> bool,
+    ) -> Result<Tensor<4>> {
+        let (height, width) = self.size(options)?;
+        let conditioning = self.conditioning(options, height, width)?;
+        let mut scheduler = self.scheduler(options.scheduler.as_deref())?;
+        scheduler.set_timesteps(options.num_inference_steps)?;
+        let shape = self.latent_shape(options.num_images, height, width);
         let latents = match &options.latents {
             Some(latents) if latents.dims() == shape => latents.clone(),
             Some(latents) => {
@@ -270,7 +294,7 @@ impl StableDiffusion {
                     format!("shape {:?}, expected {shape:?}", latents.dims()),
                 ));
             }
-            None => self.noise(&mut stream, shape),
+            None => noise(shape),
         };
         let latents = denoise(
             &self.unet,
@@ -279,7 +303,98 @@ impl StableDiffusion {
             true,
             0,
             &conditioning,
+            noise,
+            progress,
+        )?;
+        Ok(decode_latents(
+            &self.vae,
+            latents,
+            self.vae_config.scaling_factor,
+        ))
+    }
+
+    /// Image-to-image: `image` `[1 or N, 3, H, W]` in [0, 1] is encoded, noised to `strength`
+    /// (0 keeps it, 1 replaces it) and denoised under the prompt; `options.width/height` are
+    /// taken from the image. Noise comes from `options.seed`.
+    pub fn image_to_image_tensor(
+        &self,
+        image: Tensor<4>,
+        strength: f64,
+        options: &TextToImageOptions,
+        progress: impl FnMut(Progress) -> bool,
+    ) -> Result<Tensor<4>> {
+        let seed = options.seed.clone().unwrap_or_else(Seed::random);
+        let mut stream = seed.normal_stream();
+        self.image_to_image_with_noise(
+            image,
+            strength,
+            options,
             |shape| self.noise(&mut stream, shape),
+            progress,
+        )
+    }
+
+    /// [`StableDiffusion::image_to_image_tensor`] drawing noise from `noise`, in diffusers'
+    /// order: the VAE posterior sample, the forward-diffusion noise, then per-step noise.
+    pub fn image_to_image_with_noise(
+        &self,
+        image: Tensor<4>,
+        strength: f64,
+        options: &TextToImageOptions,
+        mut noise: impl FnMut([usize; 4]) -> Tensor<4>,
+        progress: impl FnMut(Progress) -> bool,
+    ) -> Result<Tensor<4>> {
+        if !(0.0..=1.0).contains(&strength) {
+            return Err(AvatarError::invalid(
+                "strength",
+                format!("{strength} is out of range 0..=1"),
+            ));
+        }
+        let [images, channels, height, width] = image.dims();
+        let n = options.num_images;
+        if channels != 3 || !(images == 1 || images == n) {
+            return Err(AvatarError::invalid(
+                "image",
+                format!("shape {:?}: expected [1 or {n}, 3, H, W]", image.dims()),
+            ));
+        }
+        let sized = TextToImageOptions {
+            height: Some(height as u32),
+            width: Some(width as u32),
+            ..options.clone()
+        };
+        self.size(&sized)?;
+        let conditioning = self.conditioning(&sized, height, width)?;
+        let mut scheduler = self.scheduler(options.scheduler.as_deref())?;
+        scheduler.set_timesteps(options.num_inference_steps)?;
+        let steps = scheduler.timesteps().len();
+        let start = steps - ((steps as f64 * strength) as usize).min(steps);
+        if start == steps {
+            return Err(AvatarError::invalid(
+                "strength",
+                format!("{strength} x {steps} steps leaves no step to run"),
+            ));
+        }
+        scheduler.set_begin_index(start);
+
+        let image = if images == n {
+            image
+        } else {
+            Tensor::cat(vec![image; n], 0)
+        };
+        let posterior = self.vae.encode(image.mul_scalar(2.0).sub_scalar(1.0));
+        let sample = posterior.sample(noise(posterior.mean.dims()));
+        let init = sample.mul_scalar(self.vae_config.scaling_factor);
+        let t = scheduler.timesteps()[start];
+        let noisy = scheduler.add_noise(init.clone(), noise(init.dims()), t)?;
+        let latents = denoise(
+            &self.unet,
+            &mut scheduler,
+            noisy,
+            false,
+            start,
+            &conditioning,
+            noise,
             progress,
         )?;
         Ok(decode_latents(
@@ -300,28 +415,68 @@ impl StableDiffusion {
         options: &TextToImageOptions,
         progress: impl FnMut(Progress) -> bool,
     ) -> Result<Vec<RgbaImage>> {
-        let images = self.text_to_image_tensor(options, progress)?;
-        let [n, _, h, w] = images.dims();
-        let values = images
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| AvatarError::Backend(format!("{e:?}")))?;
-        let plane = h * w;
-        Ok((0..n)
-            .map(|i| {
-                let image = &values[i * 3 * plane..(i + 1) * 3 * plane];
-                RgbaImage::from_fn(w as u32, h as u32, |x, y| {
-                    let p = y as usize * w + x as usize;
-                    let u8_of = |v: f32| (v * 255.0).round().clamp(0.0, 255.0) as u8;
-                    image::Rgba([
-                        u8_of(image[p]),
-                        u8_of(image[plane + p]),
-                        u8_of(image[2 * plane + p]),
-                        255,
-                    ])
-                })
-            })
-            .collect())
+        to_rgba(self.text_to_image_tensor(options, progress)?)
     }
+
+    /// RGBA images (opaque) from `image` (RGB(A), any size: resized to the nearest multiple of
+    /// 8 below) at `strength`.
+    pub fn image_to_image(
+        &self,
+        image: &RgbaImage,
+        strength: f64,
+        options: &TextToImageOptions,
+        progress: impl FnMut(Progress) -> bool,
+    ) -> Result<Vec<RgbaImage>> {
+        let (w, h) = image.dimensions();
+        let (w8, h8) = (w / 8 * 8, h / 8 * 8);
+        if w8 == 0 || h8 == 0 {
+            return Err(AvatarError::invalid(
+                "image",
+                format!("{w}x{h} is smaller than 8x8"),
+            ));
+        }
+        let image = if (w8, h8) == (w, h) {
+            image.clone()
+        } else {
+            image::imageops::resize(image, w8, h8, image::imageops::FilterType::Lanczos3)
+        };
+        let plane = (w8 * h8) as usize;
+        let mut values = vec![0f32; 3 * plane];
+        for (i, pixel) in image.pixels().enumerate() {
+            for c in 0..3 {
+                values[c * plane + i] = f32::from(pixel[c]) / 255.0;
+            }
+        }
+        let tensor = Tensor::from_data(
+            TensorData::new(values, [1, 3, h8 as usize, w8 as usize]),
+            &self.device,
+        );
+        to_rgba(self.image_to_image_tensor(tensor, strength, options, progress)?)
+    }
+}
+
+/// `[N, 3, H, W]` in [0, 1] -> opaque RGBA images (rounded like diffusers' `numpy_to_pil`).
+fn to_rgba(images: Tensor<4>) -> Result<Vec<RgbaImage>> {
+    let [n, _, h, w] = images.dims();
+    let values = images
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| AvatarError::Backend(format!("{e:?}")))?;
+    let plane = h * w;
+    Ok((0..n)
+        .map(|i| {
+            let image = &values[i * 3 * plane..(i + 1) * 3 * plane];
+            RgbaImage::from_fn(w as u32, h as u32, |x, y| {
+                let p = y as usize * w + x as usize;
+                let u8_of = |v: f32| (v * 255.0).round().clamp(0.0, 255.0) as u8;
+                image::Rgba([
+                    u8_of(image[p]),
+                    u8_of(image[plane + p]),
+                    u8_of(image[2 * plane + p]),
+                    255,
+                ])
+            })
+        })
+        .collect())
 }
