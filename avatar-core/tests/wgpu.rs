@@ -43,3 +43,39 @@ fn transposed_generator_agrees_with_flex() {
         .fold(0.0, f32::max);
     assert!(error <= 1e-4, "max abs error {error}");
 }
+
+#[test]
+fn sdxl_prompt_to_image_matches_diffusers_on_wgpu() {
+    use avatar_core::diffusion::pipeline::{StableDiffusion, TextToImageOptions};
+    let Some(device) = wgpu_device() else { return };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion");
+    let pipeline = StableDiffusion::load(&dir.join("sdxl_tiny"), &device).unwrap();
+    let read = |name: &str| {
+        let bytes = std::fs::read(dir.join("e2e").join(name.split(':').next().unwrap())).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let view = file.tensor(name.split(':').nth(1).unwrap()).unwrap();
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let shape: [usize; 4] = view.shape().try_into().unwrap();
+        Tensor::<4>::from_data(TensorData::new(values, shape), &device)
+    };
+    let options = TextToImageOptions {
+        prompt: "a photo of an astronaut riding a horse".into(),
+        negative_prompt: "blurry, low quality".into(),
+        num_inference_steps: 2,
+        width: Some(16),
+        height: Some(16),
+        scheduler: Some("euler".into()),
+        original_size: Some((48, 40)),
+        crops_coords_top_left: (4, 2),
+        latents: Some(read("sdxl_txt2img_inputs.safetensors:latents")),
+        ..Default::default()
+    };
+    let image = pipeline.text_to_image_tensor(&options, |_| true).unwrap();
+    let expected = read("sdxl_txt2img_euler.safetensors:image");
+    let error = (image - expected).abs().max().into_scalar::<f32>();
+    assert!(error <= 1e-3, "SDXL on wgpu: max abs error {error}");
+}
