@@ -28,6 +28,19 @@ export declare class AvatarGenerator {
   generateBatch(options: BatchOptions, onProgress?: ((progress: Progress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
 }
 
+/** A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder. */
+export declare class StableDiffusion {
+  /** Loads a diffusers folder (`model_index.json`, `unet/`, `vae/`, ...) on `device`. */
+  constructor(model: string, device?: string | undefined | null)
+  /** Whether the pipeline is SDXL. */
+  get isXl(): boolean
+  /**
+   * PNG images for a prompt (or from `options.image`), computed on the libuv pool;
+   * `onProgress` after each step; `signal` cancels between steps.
+   */
+  textToImage(options: TextToImageOptions, onProgress?: ((progress: Progress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
+}
+
 /** Options of a batch: `n` random avatars or one per seed in `seeds`. */
 export interface BatchOptions {
   /** How many avatars (random seeds); ignored when `seeds` is given. */
@@ -88,4 +101,30 @@ export interface Progress {
   done: number
   /** Avatars asked for. */
   total: number
+}
+
+/** Options of a Stable Diffusion call (the core's names, camelCase). */
+export interface TextToImageOptions {
+  /** What to draw. */
+  prompt: string
+  /** What to steer away from. */
+  negativePrompt?: string
+  /** Denoising steps (default 30). */
+  numInferenceSteps?: number
+  /** Classifier-free guidance (default 7.5). */
+  guidanceScale?: number
+  /** Width in pixels (multiple of 8). */
+  width?: number
+  /** Height in pixels (multiple of 8). */
+  height?: number
+  /** Images per prompt (default 1). */
+  numImages?: number
+  /** Seed: an integer or any string. */
+  seed?: number | string
+  /** `ddim`, `euler`, `euler_a`, `dpmpp_2m`, `dpmpp_2m_karras` or `lcm`. */
+  scheduler?: string
+  /** Image-to-image: an encoded PNG/JPEG/WebP to start from. */
+  image?: Buffer
+  /** Image-to-image: how much of `image` to replace (default 0.75). */
+  strength?: number
 }

@@ -360,6 +360,174 @@ impl AvatarGenerator {
     }
 }
 
+/// Options of a Stable Diffusion call (the core's names, camelCase).
+#[napi(object)]
+#[derive(Default)]
+pub struct TextToImageOptions {
+    /// What to draw.
+    pub prompt: String,
+    /// What to steer away from.
+    pub negative_prompt: Option<String>,
+    /// Denoising steps (default 30).
+    pub num_inference_steps: Option<u32>,
+    /// Classifier-free guidance (default 7.5).
+    pub guidance_scale: Option<f64>,
+    /// Width in pixels (multiple of 8).
+    pub width: Option<u32>,
+    /// Height in pixels (multiple of 8).
+    pub height: Option<u32>,
+    /// Images per prompt (default 1).
+    pub num_images: Option<u32>,
+    /// Seed: an integer or any string.
+    pub seed: Option<Either<f64, String>>,
+    /// `ddim`, `euler`, `euler_a`, `dpmpp_2m`, `dpmpp_2m_karras` or `lcm`.
+    pub scheduler: Option<String>,
+    /// Image-to-image: an encoded PNG/JPEG/WebP to start from.
+    pub image: Option<Buffer>,
+    /// Image-to-image: how much of `image` to replace (default 0.75).
+    pub strength: Option<f64>,
+}
+
+/// A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder.
+#[napi]
+pub struct StableDiffusion {
+    inner: Arc<avatar_core::diffusion::pipeline::StableDiffusion>,
+}
+
+/// Stable Diffusion work on the libuv pool.
+pub struct DiffusionTask {
+    pipeline: Arc<avatar_core::diffusion::pipeline::StableDiffusion>,
+    options: avatar_core::diffusion::pipeline::TextToImageOptions,
+    image: Option<(image::RgbaImage, f64)>,
+    cancelled: Arc<AtomicBool>,
+    progress: Option<ThreadsafeFunction<Progress, (), Progress, Status, false>>,
+}
+
+impl Task for DiffusionTask {
+    type Output = Result<Vec<Vec<u8>>, AvatarError>;
+    type JsValue = Vec<Buffer>;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        let report = |p: avatar_core::Progress| {
+            if let Some(callback) = &self.progress {
+                let progress = Progress {
+                    done: p.done as u32,
+                    total: p.total as u32,
+                };
+                callback.call(progress, ThreadsafeFunctionCallMode::NonBlocking);
+            }
+            !self.cancelled.load(Ordering::Relaxed)
+        };
+        let images = match &self.image {
+            Some((image, strength)) => {
+                self.pipeline
+                    .image_to_image(image, *strength, &self.options, report)
+            }
+            None => self.pipeline.text_to_image(&self.options, report),
+        };
+        Ok(images.and_then(|images| {
+            images
+                .iter()
+                .map(|image| avatar_core::imaging::encode(image, ImageFormat::Png))
+                .collect()
+        }))
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> napi::Result<Self::JsValue> {
+        let buffers = output.map_err(|e| throwable(&env, &e))?;
+        Ok(buffers.into_iter().map(Buffer::from).collect())
+    }
+
+    fn finally(mut self, _env: Env) -> napi::Result<()> {
+        self.progress.take();
+        Ok(())
+    }
+}
+
+#[napi]
+impl StableDiffusion {
+    /// Loads a diffusers folder (`model_index.json`, `unet/`, `vae/`, ...) on `device`.
+    #[napi(constructor)]
+    pub fn new(env: Env, model: String, device: Option<String>) -> napi::Result<Self> {
+        let load = || -> Result<_, AvatarError> {
+            let spec: DeviceSpec = device.as_deref().unwrap_or("cpu").parse()?;
+            avatar_core::diffusion::pipeline::StableDiffusion::load(
+                std::path::Path::new(&model),
+                &spec.device()?,
+            )
+        };
+        let inner = load().map_err(|e| sync_error(&env, e))?;
+        Ok(StableDiffusion {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Whether the pipeline is SDXL.
+    #[napi(getter)]
+    pub fn is_xl(&self) -> bool {
+        self.inner.is_xl()
+    }
+
+    /// PNG images for a prompt (or from `options.image`), computed on the libuv pool;
+    /// `onProgress` after each step; `signal` cancels between steps.
+    #[napi(ts_return_type = "Promise<Buffer[]>")]
+    pub fn text_to_image(
+        &self,
+        env: Env,
+        options: TextToImageOptions,
+        #[napi(ts_arg_type = "((progress: Progress) => void) | undefined | null")]
+        on_progress: Option<ThreadsafeFunction<Progress, (), Progress, Status, false>>,
+        #[napi(ts_arg_type = "AbortSignal | undefined | null")] signal: Option<Object>,
+    ) -> napi::Result<AsyncTask<DiffusionTask>> {
+        let core = (|| -> Result<_, AvatarError> {
+            let image = match &options.image {
+                Some(bytes) => Some((
+                    image::load_from_memory(bytes)
+                        .map_err(|e| AvatarError::invalid("image", e.to_string()))?
+                        .to_rgba8(),
+                    options.strength.unwrap_or(0.75),
+                )),
+                None => None,
+            };
+            let core = avatar_core::diffusion::pipeline::TextToImageOptions {
+                prompt: options.prompt.clone(),
+                negative_prompt: options.negative_prompt.clone().unwrap_or_default(),
+                num_inference_steps: options.num_inference_steps.unwrap_or(30) as usize,
+                guidance_scale: options.guidance_scale.unwrap_or(7.5),
+                width: options.width,
+                height: options.height,
+                num_images: options.num_images.unwrap_or(1) as usize,
+                seed: options.seed.as_ref().map(parse_seed).transpose()?,
+                scheduler: options.scheduler.clone(),
+                ..Default::default()
+            };
+            Ok((core, image))
+        })()
+        .map_err(|e| sync_error(&env, e))?;
+        let task = DiffusionTask {
+            pipeline: self.inner.clone(),
+            options: core.0,
+            image: core.1,
+            cancelled: Arc::default(),
+            progress: on_progress,
+        };
+        let Some(object) = signal else {
+            return Ok(AsyncTask::new(task));
+        };
+        if object
+            .get_named_property::<bool>("aborted")
+            .unwrap_or(false)
+        {
+            task.cancelled.store(true, Ordering::Relaxed);
+        }
+        // SAFETY: `object` is a live JS value of `env`.
+        let signal = unsafe { AbortSignal::from_napi_value(env.raw(), object.raw())? };
+        let cancelled = task.cancelled.clone();
+        signal.on_abort(move || cancelled.store(true, Ordering::Relaxed));
+        Ok(AsyncTask::with_signal(task, signal))
+    }
+}
+
 /// Generators of the module-level functions, loaded on first use (CPU, embedded weights).
 static SHARED: Mutex<Vec<(ModelSize, Arc<CoreGenerator>)>> = Mutex::new(Vec::new());
 

@@ -100,3 +100,30 @@ test('an AbortSignal cancels: before the start, and between chunks', async () =>
   );
   assert.ok(calls < 125, `stopped early (${calls} progress calls of 125)`);
 });
+
+test('StableDiffusion draws PNGs from a prompt and from an image, with progress and cancel', async () => {
+  const model = new URL('../../avatar-core/tests/fixtures/diffusion/sd15_tiny', import.meta.url).pathname;
+  const pipe = new avatar.StableDiffusion(model, 'cpu');
+  assert.equal(pipe.isXl, false);
+  const seen = [];
+  const images = await pipe.textToImage(
+    { prompt: 'a cartoon avatar', numInferenceSteps: 3, numImages: 2, seed: 'alice', scheduler: 'euler_a' },
+    (p) => seen.push([p.done, p.total]),
+  );
+  assert.equal(images.length, 2);
+  assert.deepEqual(pngInfo(images[0]), { width: 32, height: 32, colorType: 6 });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(seen, [[1, 3], [2, 3], [3, 3]]);
+  const again = await pipe.textToImage({ prompt: 'a cartoon avatar', numInferenceSteps: 3, numImages: 2, seed: 'alice', scheduler: 'euler_a' });
+  assert.ok(images[0].equals(again[0]), 'seeded runs repeat');
+  const edited = await pipe.textToImage({ prompt: 'a cartoon avatar', image: images[0], strength: 0.5, numInferenceSteps: 4, seed: 1 });
+  assert.deepEqual(pngInfo(edited[0]), { width: 32, height: 32, colorType: 6 });
+  assert.throws(() => pipe.textToImage({ prompt: 'x', image: Buffer.from('nope') }), (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'image');
+  await assert.rejects(pipe.textToImage({ prompt: 'x', width: 20 }), (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'width');
+  const controller = new AbortController();
+  await assert.rejects(
+    pipe.textToImage({ prompt: 'x', numInferenceSteps: 50 }, () => controller.abort(), controller.signal),
+    (e) => e.code === 'ERR_CANCELLED' || e.name === 'AbortError',
+  );
+  assert.throws(() => new avatar.StableDiffusion('/nonexistent'), (e) => e.code === 'ERR_IO');
+});

@@ -244,26 +244,10 @@ impl AvatarGenerator {
                 return Err(to_py_err(AvatarError::invalid("n", "give n or seeds")));
             }
         };
-        let raised: Mutex<Option<PyErr>> = Mutex::new(None);
-        let result = py.detach(|| {
+        let images = with_progress(py, progress, |report| {
             self.inner
-                .generate_batch_with_progress(&seeds, &options, |p| match &progress {
-                    None => true,
-                    Some(callback) => {
-                        Python::attach(|py| match callback.call1(py, (p.done, p.total)) {
-                            Ok(_) => true,
-                            Err(error) => {
-                                *raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
-                                false
-                            }
-                        })
-                    }
-                })
-        });
-        if let Some(error) = raised.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            return Err(error);
-        }
-        let images = result.map_err(to_py_err)?;
+                .generate_batch_with_progress(&seeds, &options, report)
+        })?;
         let list = PyList::empty(py);
         for image in images {
             match format {
@@ -280,10 +264,181 @@ impl AvatarGenerator {
     }
 }
 
+/// A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder:
+/// `StableDiffusion(model, device="cpu")`.
+#[pyclass(frozen, module = "avatar")]
+struct StableDiffusion {
+    inner: avatar_core::diffusion::pipeline::StableDiffusion,
+}
+
+/// Text-to-image options with the core's names and defaults.
+#[allow(clippy::too_many_arguments)]
+fn diffusion_options(
+    prompt: String,
+    negative_prompt: String,
+    num_inference_steps: usize,
+    guidance_scale: f64,
+    width: Option<u32>,
+    height: Option<u32>,
+    num_images: usize,
+    seed: Option<PySeed<'_>>,
+    scheduler: Option<String>,
+) -> PyResult<avatar_core::diffusion::pipeline::TextToImageOptions> {
+    Ok(avatar_core::diffusion::pipeline::TextToImageOptions {
+        prompt,
+        negative_prompt,
+        num_inference_steps,
+        guidance_scale,
+        width,
+        height,
+        num_images,
+        seed: seed.map(seed_of).transpose()?,
+        scheduler,
+        ..Default::default()
+    })
+}
+
+/// Runs `work` without the GIL, calling `progress(done, total)` with it after each step; an
+/// exception raised by the callback cancels the work and propagates.
+fn with_progress<T: Send>(
+    py: Python<'_>,
+    progress: Option<Py<PyAny>>,
+    work: impl FnOnce(&mut dyn FnMut(avatar_core::Progress) -> bool) -> Result<T, AvatarError> + Send,
+) -> PyResult<T> {
+    let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+    let result = py.detach(|| {
+        let mut report = |p: avatar_core::Progress| match &progress {
+            None => true,
+            Some(callback) => Python::attach(|py| match callback.call1(py, (p.done, p.total)) {
+                Ok(_) => true,
+                Err(error) => {
+                    *raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+                    false
+                }
+            }),
+        };
+        work(&mut report)
+    });
+    if let Some(error) = raised.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(error);
+    }
+    result.map_err(to_py_err)
+}
+
+fn images_to_pil<'py>(py: Python<'py>, images: Vec<RgbaImage>) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for image in images {
+        list.append(to_pil(py, image)?)?;
+    }
+    Ok(list)
+}
+
+#[pymethods]
+impl StableDiffusion {
+    #[new]
+    #[pyo3(signature = (model, device = "cpu"))]
+    fn new(py: Python<'_>, model: std::path::PathBuf, device: &str) -> PyResult<Self> {
+        let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
+        let inner = py
+            .detach(|| {
+                let device = spec.device()?;
+                avatar_core::diffusion::pipeline::StableDiffusion::load(&model, &device)
+            })
+            .map_err(to_py_err)?;
+        Ok(StableDiffusion { inner })
+    }
+
+    /// Whether the pipeline is SDXL.
+    #[getter]
+    fn is_xl(&self) -> bool {
+        self.inner.is_xl()
+    }
+
+    /// Images (`PIL.Image.Image`, RGBA) for a prompt.
+    #[pyo3(signature = (prompt, negative_prompt = String::new(), num_inference_steps = 30, guidance_scale = 7.5, width = None, height = None, num_images = 1, seed = None, scheduler = None, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn text_to_image<'py>(
+        &self,
+        py: Python<'py>,
+        prompt: String,
+        negative_prompt: String,
+        num_inference_steps: usize,
+        guidance_scale: f64,
+        width: Option<u32>,
+        height: Option<u32>,
+        num_images: usize,
+        seed: Option<PySeed<'py>>,
+        scheduler: Option<String>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let options = diffusion_options(
+            prompt,
+            negative_prompt,
+            num_inference_steps,
+            guidance_scale,
+            width,
+            height,
+            num_images,
+            seed,
+            scheduler,
+        )?;
+        let images = with_progress(py, progress, |report| {
+            self.inner.text_to_image(&options, report)
+        })?;
+        images_to_pil(py, images)
+    }
+
+    /// Images from `image` (a `PIL.Image.Image`) and a prompt; `strength` in (0, 1] is how much
+    /// of the image is replaced.
+    #[pyo3(signature = (image, prompt, strength = 0.75, negative_prompt = String::new(), num_inference_steps = 30, guidance_scale = 7.5, num_images = 1, seed = None, scheduler = None, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn image_to_image<'py>(
+        &self,
+        py: Python<'py>,
+        image: Bound<'py, PyAny>,
+        prompt: String,
+        strength: f64,
+        negative_prompt: String,
+        num_inference_steps: usize,
+        guidance_scale: f64,
+        num_images: usize,
+        seed: Option<PySeed<'py>>,
+        scheduler: Option<String>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let rgba = image.call_method1("convert", ("RGBA",))?;
+        let (width, height): (u32, u32) = rgba.getattr("size")?.extract()?;
+        let bytes: Vec<u8> = rgba.call_method0("tobytes")?.extract()?;
+        let input = RgbaImage::from_raw(width, height, bytes).ok_or_else(|| {
+            to_py_err(AvatarError::invalid(
+                "image",
+                "pixel buffer does not match its size",
+            ))
+        })?;
+        let options = diffusion_options(
+            prompt,
+            negative_prompt,
+            num_inference_steps,
+            guidance_scale,
+            None,
+            None,
+            num_images,
+            seed,
+            scheduler,
+        )?;
+        let images = with_progress(py, progress, |report| {
+            self.inner
+                .image_to_image(&input, strength, &options, report)
+        })?;
+        images_to_pil(py, images)
+    }
+}
+
 /// The `avatar._native` extension module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AvatarGenerator>()?;
+    m.add_class::<StableDiffusion>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_BATCH", avatar_core::avatar::MAX_BATCH_WITH_PROGRESS)?;
     Ok(())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 import threading
 import time
 
@@ -144,3 +145,37 @@ def test_inference_releases_the_gil(small: avatar.AvatarGenerator) -> None:
         t.join()
     assert results[0] == results[1]
     assert ticks > 10, "the main thread was blocked while the workers ran"
+
+
+TINY_SD = Path(__file__).resolve().parents[2] / "avatar-core/tests/fixtures/diffusion/sd15_tiny"
+
+
+def test_stable_diffusion_text_and_image_to_image() -> None:
+    pipe = avatar.StableDiffusion(TINY_SD)
+    assert pipe.is_xl is False
+    steps: list[tuple[int, int]] = []
+    images = pipe.text_to_image(
+        "a cartoon avatar",
+        negative_prompt="blurry",
+        num_inference_steps=3,
+        num_images=2,
+        seed="alice",
+        scheduler="euler_a",
+        progress=lambda d, t: steps.append((d, t)),
+    )
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert [im.size for im in images] == [(32, 32), (32, 32)]
+    again = pipe.text_to_image("a cartoon avatar", negative_prompt="blurry", num_inference_steps=3,
+                               num_images=2, seed="alice", scheduler="euler_a")
+    assert images[0].tobytes() == again[0].tobytes()
+    out = pipe.image_to_image(images[0], "a cartoon avatar", strength=0.5, num_inference_steps=4, seed=1)
+    assert out[0].size == (32, 32)
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        pipe.text_to_image("x", width=20)
+    assert info.value.field == "width"
+    with pytest.raises(avatar.InvalidOptionError):
+        pipe.text_to_image("x", scheduler="nope")
+    with pytest.raises(RuntimeError, match="stop"):
+        pipe.text_to_image("x", num_inference_steps=3, progress=lambda d, t: (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(avatar.AvatarIOError):
+        avatar.StableDiffusion(TINY_SD / "missing")

@@ -73,3 +73,36 @@ class AvatarGenerator:
         format: Format,
         progress: Optional[Callable[[int, int], object]] = None,
     ) -> List[bytes]: ...
+
+class StableDiffusion:
+    """A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder (no downloads)."""
+
+    def __init__(self, model: Union[str, PathLike[str]], device: str = "cpu") -> None: ...
+    @property
+    def is_xl(self) -> bool: ...
+    def text_to_image(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        num_inference_steps: int = 30,
+        guidance_scale: float = 7.5,
+        width: Optional[int] = None,
+        height: Optional[int] = None,
+        num_images: int = 1,
+        seed: Optional[Seed] = None,
+        scheduler: Optional[str] = None,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> List[Image]: ...
+    def image_to_image(
+        self,
+        image: Image,
+        prompt: str,
+        strength: float = 0.75,
+        negative_prompt: str = "",
+        num_inference_steps: int = 30,
+        guidance_scale: float = 7.5,
+        num_images: int = 1,
+        seed: Optional[Seed] = None,
+        scheduler: Optional[str] = None,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> List[Image]: ...
