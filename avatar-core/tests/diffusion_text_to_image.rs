@@ -229,3 +229,53 @@ fn sd15_image_to_image_matches_diffusers() {
         .unwrap();
     assert_eq!(out[0].dimensions(), (16, 16));
 }
+
+#[test]
+fn single_file_checkpoints_load_and_match_diffusers() {
+    let device = Device::flex();
+    for (file, folder, model, scheduler) in [
+        ("sd15_tiny.safetensors", "sd15_tiny", "sd15", "ddim"),
+        ("sdxl_tiny.safetensors", "sdxl_tiny", "sdxl", "euler"),
+    ] {
+        let pipeline = StableDiffusion::load_single_file(
+            &fixtures().join(file),
+            &fixtures().join(folder),
+            &device,
+        )
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(pipeline.is_xl(), model == "sdxl");
+        let options = TextToImageOptions {
+            prompt: "a photo of an astronaut riding a horse".into(),
+            negative_prompt: "blurry, low quality".into(),
+            num_inference_steps: 2,
+            width: Some(16),
+            height: Some(16),
+            scheduler: Some(scheduler.into()),
+            original_size: Some((48, 40)),
+            crops_coords_top_left: (4, 2),
+            latents: Some(e2e_tensor(
+                &format!("{model}_txt2img_inputs.safetensors"),
+                "latents",
+                &device,
+            )),
+            ..Default::default()
+        };
+        let image = pipeline.text_to_image_tensor(&options, |_| true).unwrap();
+        let expected = e2e_tensor(
+            &format!("{model}_txt2img_{scheduler}.safetensors"),
+            "image",
+            &device,
+        );
+        let diff = (image - expected).abs().max().into_scalar::<f32>();
+        eprintln!("{file}: image max abs diff {diff:e}");
+        assert!(diff < 1e-3, "{file}: {diff}");
+    }
+    // A folder's component file is not a single-file checkpoint: a typed error naming its keys.
+    let err = StableDiffusion::load_single_file(
+        &fixtures().join("sd15_tiny/vae/diffusion_pytorch_model.safetensors"),
+        &fixtures().join("sd15_tiny"),
+        &device,
+    )
+    .unwrap_err();
+    assert!(matches!(err, AvatarError::WeightKeys { .. }), "{err}");
+}

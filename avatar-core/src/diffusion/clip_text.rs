@@ -15,7 +15,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
-use super::weights::{KeyMap, load_strict, read_config, tensor_names};
+use super::weights::{KeyMap, load_strict, load_strict_bytes, read_config, tensor_names};
 use crate::error::{AvatarError, Result};
 
 /// The activation of the MLPs.
@@ -346,6 +346,21 @@ impl ClipTextModel {
             );
         }
         load_strict(config.init(device)?, weights, &keys)
+    }
+
+    /// Loads transformers-layout safetensors bytes (e.g. converted from a single file).
+    pub fn load_bytes(
+        config: &ClipTextConfig,
+        bytes: Vec<u8>,
+        label: &str,
+        device: &Device,
+    ) -> Result<Self> {
+        load_strict_bytes(
+            config.init(device)?,
+            bytes,
+            label,
+            &KeyMap::default().ignore("position_ids"),
+        )
     }
 
     /// Encodes token ids `[B, S]` (S <= max positions).

@@ -7,6 +7,7 @@
 //! - [`denoise`]: the guided denoising loop and latent decoding shared by the pipelines.
 //! - [`unet`]: `UNet2DConditionModel` ([`transformer_2d`], [`attention`], [`embeddings`]).
 //! - [`vae`]: the KL autoencoder (`AutoencoderKL`); [`resnet`]: blocks shared with the UNet.
+//! - [`single_file`]: original single-file (LDM/SGM) checkpoints converted to diffusers' layout.
 //! - [`weights`]: strict safetensors loading shared by the components.
 //! - [`schedulers`]: the noise schedulers (DDIM, Euler, Euler Ancestral, DPM++ 2M, LCM).
 
@@ -17,6 +18,7 @@ pub mod embeddings;
 pub mod pipeline;
 pub mod resnet;
 pub mod schedulers;
+pub mod single_file;
 pub mod tokenizer;
 pub mod transformer_2d;
 pub mod unet;

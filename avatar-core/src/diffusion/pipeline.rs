@@ -7,9 +7,10 @@ use std::path::Path;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::RgbaImage;
 
-use super::clip_text::ClipTextModel;
+use super::clip_text::{ClipTextConfig, ClipTextModel};
 use super::denoise::{Conditioning, decode_latents, denoise};
 use super::schedulers::{Scheduler, SchedulerConfig};
+use super::single_file::{RawTensor, convert_single_file, to_safetensors};
 use super::tokenizer::{ClipTokenizer, MAX_LENGTH};
 use super::unet::{AddedConditioning, UNet2DConditionModel, UNetConfig};
 use super::vae::{AutoencoderKL, VaeConfig};
@@ -112,6 +113,68 @@ impl StableDiffusion {
         let (vae_config, vae) = AutoencoderKL::load(&dir.join("vae"), device)?;
         let scheduler_config =
             SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
+        Ok(StableDiffusion {
+            towers,
+            unet,
+            unet_config,
+            vae,
+            vae_config,
+            scheduler_config,
+            force_zeros_for_empty_prompt: index["force_zeros_for_empty_prompt"]
+                .as_bool()
+                .unwrap_or(false),
+            device: device.clone(),
+        })
+    }
+
+    /// Loads a single-file checkpoint (original LDM/SGM key names, as shared on model hubs),
+    /// taking configs, tokenizers and the scheduler from the diffusers folder `config_dir` (as
+    /// diffusers' `from_single_file(..., config=...)` does; nothing is downloaded).
+    pub fn load_single_file(file: &Path, config_dir: &Path, device: &Device) -> Result<Self> {
+        let index: serde_json::Value = read_config(&config_dir.join("model_index.json"))?;
+        let unet_config: UNetConfig = read_config(&config_dir.join("unet/config.json"))?;
+        let vae_config: VaeConfig = read_config(&config_dir.join("vae/config.json"))?;
+        let parts = convert_single_file(
+            file,
+            unet_config.layers_per_block,
+            vae_config.block_out_channels.len(),
+        )?;
+        let label = |part: &str| format!("{} ({part})", file.display());
+        let clip = |dir: &str,
+                    tensors: &std::collections::BTreeMap<String, RawTensor>|
+         -> Result<TextTower> {
+            let text = std::fs::read_to_string(config_dir.join(dir).join("config.json"))
+                .map_err(|e| AvatarError::io(config_dir.join(dir).join("config.json"), e))?;
+            let config = ClipTextConfig::from_hub_json(&text)?;
+            let tokenizer_dir = dir.replace("text_encoder", "tokenizer");
+            Ok(TextTower {
+                tokenizer: ClipTokenizer::load(&config_dir.join(tokenizer_dir))?,
+                encoder: ClipTextModel::load_bytes(
+                    &config,
+                    to_safetensors(tensors)?,
+                    &label(dir),
+                    device,
+                )?,
+            })
+        };
+        let mut towers = vec![clip("text_encoder", &parts.text_encoder)?];
+        if !parts.text_encoder_2.is_empty() {
+            towers.push(clip("text_encoder_2", &parts.text_encoder_2)?);
+        }
+        let unet = UNet2DConditionModel::load_bytes(
+            &unet_config,
+            to_safetensors(&parts.unet)?,
+            &label("unet"),
+            device,
+        )?;
+        let vae = AutoencoderKL::load_bytes(
+            &vae_config,
+            to_safetensors(&parts.vae)?,
+            &label("vae"),
+            device,
+        )?;
+        let scheduler_config =
+            SchedulerConfig::from_file(config_dir.join("scheduler/scheduler_config.json"))?;
         Ok(StableDiffusion {
             towers,
             unet,

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::embeddings::{TimestepEmbedding, timestep_features};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv3x3, group_norm};
 use super::transformer_2d::Transformer2DModel;
-use super::weights::{KeyMap, load_strict, read_config};
+use super::weights::{KeyMap, load_strict, load_strict_bytes, read_config};
 use crate::error::{AvatarError, Result};
 
 /// A config value given once for all blocks or once per block.
@@ -335,15 +335,29 @@ impl UNet2DConditionModel {
     /// Loads `config.json` + `diffusion_pytorch_model.safetensors` from a diffusers `unet/` folder.
     pub fn load(dir: &Path, device: &Device) -> Result<(UNetConfig, Self)> {
         let config: UNetConfig = read_config(&dir.join("config.json"))?;
-        let keys = KeyMap::default()
-            .remap(r"\.ff\.net\.0\.proj\.", ".ff.proj_in.")
-            .remap(r"\.ff\.net\.2\.", ".ff.proj_out.");
         let model = load_strict(
             config.init(device)?,
             &dir.join("diffusion_pytorch_model.safetensors"),
-            &keys,
+            &Self::key_map(),
         )?;
         Ok((config, model))
+    }
+
+    /// Loads diffusers-layout safetensors bytes (e.g. converted from a single file).
+    pub fn load_bytes(
+        config: &UNetConfig,
+        bytes: Vec<u8>,
+        label: &str,
+        device: &Device,
+    ) -> Result<Self> {
+        load_strict_bytes(config.init(device)?, bytes, label, &Self::key_map())
+    }
+
+    /// diffusers' GEGLU paths (`ff.net.0.proj`, `ff.net.2`) onto ours.
+    fn key_map() -> KeyMap {
+        KeyMap::default()
+            .remap(r"\.ff\.net\.0\.proj\.", ".ff.proj_in.")
+            .remap(r"\.ff\.net\.2\.", ".ff.proj_out.")
     }
 
     /// Predicts noise (or v) for `sample` `[B, C, h, w]` at `timesteps` (one per batch item),

@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv1x1, conv3x3, group_norm};
-use super::weights::{KeyMap, load_strict, read_config};
+use super::weights::{KeyMap, load_strict, load_strict_bytes, read_config};
 use crate::error::{AvatarError, Result};
 
 /// GroupNorm epsilon of the VAE (diffusers hard-codes 1e-6).
@@ -383,6 +383,16 @@ impl AutoencoderKL {
             &KeyMap::default(),
         )?;
         Ok((config, model))
+    }
+
+    /// Loads diffusers-layout safetensors bytes (e.g. converted from a single file).
+    pub fn load_bytes(
+        config: &VaeConfig,
+        bytes: Vec<u8>,
+        label: &str,
+        device: &Device,
+    ) -> Result<Self> {
+        load_strict_bytes(config.init(device)?, bytes, label, &KeyMap::default())
     }
 
     /// Images `[B, 3, H, W]` in [-1, 1] -> the latent distribution (unscaled).

@@ -55,8 +55,38 @@ pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
 /// Loads `path` into `module` (PyTorch layout: linear weights transposed, norm `weight`/`bias` as
 /// `gamma`/`beta`; f16/bf16 converted to f32), strictly: see the module docs.
 pub fn load_strict<M: Module>(module: M, path: &Path, keys: &KeyMap) -> Result<M> {
-    let file = path.display().to_string();
-    let mut store = SafetensorsStore::from_file(path)
+    apply_strict(
+        module,
+        SafetensorsStore::from_file(path),
+        &path.display().to_string(),
+        keys,
+    )
+}
+
+/// [`load_strict`] from safetensors bytes (e.g. a component converted from a single file);
+/// `label` names the source in errors.
+pub fn load_strict_bytes<M: Module>(
+    module: M,
+    bytes: Vec<u8>,
+    label: &str,
+    keys: &KeyMap,
+) -> Result<M> {
+    apply_strict(
+        module,
+        SafetensorsStore::from_bytes(Some(bytes)),
+        label,
+        keys,
+    )
+}
+
+fn apply_strict<M: Module>(
+    module: M,
+    store: SafetensorsStore,
+    file: &str,
+    keys: &KeyMap,
+) -> Result<M> {
+    let file = file.to_owned();
+    let mut store = store
         .with_from_adapter(ChainAdapter::new(
             PyTorchToBurnAdapter,
             FloatCastAdapter::to(DType::F32),
