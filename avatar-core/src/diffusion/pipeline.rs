@@ -53,6 +53,9 @@ pub struct TextToImageOptions {
     pub crops_coords_top_left: (u32, u32),
     /// SDXL micro-conditioning: the (height, width) aimed at (default: the output size).
     pub target_size: Option<(u32, u32)>,
+    /// Decode the VAE in overlapping tiles (diffusers' `enable_tiling`): bounded memory for
+    /// large images, at the cost of slight seam blending.
+    pub vae_tiling: bool,
 }
 
 impl Default for TextToImageOptions {
@@ -71,6 +74,7 @@ impl Default for TextToImageOptions {
             original_size: None,
             crops_coords_top_left: (0, 0),
             target_size: None,
+            vae_tiling: false,
         }
     }
 }

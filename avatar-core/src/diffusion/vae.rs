@@ -43,6 +43,9 @@ pub struct VaeConfig {
     /// Latent scale used by the pipelines (0.18215 for SD1.5, 0.13025 for SDXL).
     #[serde(default = "sd15_scale")]
     pub scaling_factor: f64,
+    /// Image side the VAE was trained at (512 for SD1.5): the tile size of tiled decoding.
+    #[serde(default)]
+    pub sample_size: Option<usize>,
     /// Latent shift (SD3/Flux VAEs; `None` for SD1.5/SDXL).
     #[serde(default)]
     pub shift_factor: Option<f64>,
@@ -339,6 +342,31 @@ impl Decoder {
     }
 }
 
+/// Linear cross-fade of `next`'s first `extent` rows (`dim` 2) or columns (`dim` 3) with the
+/// last ones of `previous` (diffusers' `blend_v` / `blend_h`).
+fn blend_seam(previous: Tensor<4>, next: Tensor<4>, extent: usize, dim: usize) -> Tensor<4> {
+    let extent = extent.min(previous.dims()[dim]).min(next.dims()[dim]);
+    if extent == 0 {
+        return next;
+    }
+    let device = next.device();
+    let weights: Vec<f32> = (0..extent).map(|y| y as f32 / extent as f32).collect();
+    let mut shape = [1, 1, 1, 1];
+    shape[dim] = extent;
+    let weight = Tensor::<1>::from_data(burn::tensor::TensorData::new(weights, [extent]), &device)
+        .reshape(shape);
+    let pd = previous.dims()[dim];
+    let nd = next.dims()[dim];
+    let tail = previous.narrow(dim, pd - extent, extent);
+    let head = next.clone().narrow(dim, 0, extent);
+    let blended = tail * (weight.clone().neg().add_scalar(1.0)) + head * weight;
+    if nd == extent {
+        blended
+    } else {
+        Tensor::cat(vec![blended, next.narrow(dim, extent, nd - extent)], dim)
+    }
+}
+
 /// The encoder's diagonal Gaussian over latents.
 #[derive(Debug, Clone)]
 pub struct LatentDistribution {
@@ -383,6 +411,56 @@ impl AutoencoderKL {
             &KeyMap::default(),
         )?;
         Ok((config, model))
+    }
+
+    /// Decodes in overlapping tiles of `tile_latent` latent pixels (overlap `overlap`, 0.25 in
+    /// diffusers) and blends the seams linearly, as diffusers' `tiled_decode` does: memory stays
+    /// bounded by one tile for any image size. `factor` is the VAE's upscaling (8 for SD).
+    pub fn decode_tiled(
+        &self,
+        latents: Tensor<4>,
+        tile_latent: usize,
+        factor: usize,
+        overlap: f64,
+    ) -> Tensor<4> {
+        let [b, c, h, w] = latents.dims();
+        let tile_sample = tile_latent * factor;
+        let stride = ((tile_latent as f64) * (1.0 - overlap)) as usize;
+        let blend = ((tile_sample as f64) * overlap) as usize;
+        let keep = tile_sample - blend;
+        let mut rows: Vec<Vec<Tensor<4>>> = Vec::new();
+        for i in (0..h).step_by(stride.max(1)) {
+            let mut row = Vec::new();
+            for j in (0..w).step_by(stride.max(1)) {
+                let tile = latents.clone().slice([
+                    0..b,
+                    0..c,
+                    i..(i + tile_latent).min(h),
+                    j..(j + tile_latent).min(w),
+                ]);
+                row.push(self.decode(tile));
+            }
+            rows.push(row);
+        }
+        // Blend each tile with the (already blended) tiles above and to the left, in order.
+        let mut result_rows = Vec::new();
+        for i in 0..rows.len() {
+            let mut cropped = Vec::new();
+            for j in 0..rows[i].len() {
+                let mut tile = rows[i][j].clone();
+                if i > 0 {
+                    tile = blend_seam(rows[i - 1][j].clone(), tile, blend, 2);
+                }
+                if j > 0 {
+                    tile = blend_seam(rows[i][j - 1].clone(), tile, blend, 3);
+                }
+                rows[i][j] = tile.clone();
+                let [tb, tc, th, tw] = tile.dims();
+                cropped.push(tile.slice([0..tb, 0..tc, 0..th.min(keep), 0..tw.min(keep)]));
+            }
+            result_rows.push(Tensor::cat(cropped, 3));
+        }
+        Tensor::cat(result_rows, 2)
     }
 
     /// Loads diffusers-layout safetensors bytes (e.g. converted from a single file).
