@@ -247,11 +247,11 @@ impl Task for GenerateTask {
 
 /// Queues `task` on the libuv pool, cancelled by `signal`: before it starts (napi drops the
 /// work), while it runs (checked between chunks), or at once when the signal is already aborted.
-fn spawn(
+fn spawn<T: Task + Cancellable>(
     env: &Env,
-    task: GenerateTask,
+    task: T,
     signal: Option<Object>,
-) -> napi::Result<AsyncTask<GenerateTask>> {
+) -> napi::Result<AsyncTask<T>> {
     let Some(object) = signal else {
         return Ok(AsyncTask::new(task));
     };
@@ -259,13 +259,31 @@ fn spawn(
         .get_named_property::<bool>("aborted")
         .unwrap_or(false)
     {
-        task.cancelled.store(true, Ordering::Relaxed);
+        task.cancelled().store(true, Ordering::Relaxed);
     }
     // SAFETY: `object` is a live JS value of `env`.
     let signal = unsafe { AbortSignal::from_napi_value(env.raw(), object.raw())? };
-    let cancelled = task.cancelled.clone();
+    let cancelled = task.cancelled().clone();
     signal.on_abort(move || cancelled.store(true, Ordering::Relaxed));
     Ok(AsyncTask::with_signal(task, signal))
+}
+
+/// Work that checks a shared flag between chunks or steps.
+pub trait Cancellable {
+    /// The flag an AbortSignal sets.
+    fn cancelled(&self) -> &Arc<AtomicBool>;
+}
+
+impl Cancellable for GenerateTask {
+    fn cancelled(&self) -> &Arc<AtomicBool> {
+        &self.cancelled
+    }
+}
+
+impl Cancellable for DiffusionTask {
+    fn cancelled(&self) -> &Arc<AtomicBool> {
+        &self.cancelled
+    }
 }
 
 #[napi]
@@ -511,20 +529,7 @@ impl StableDiffusion {
             cancelled: Arc::default(),
             progress: on_progress,
         };
-        let Some(object) = signal else {
-            return Ok(AsyncTask::new(task));
-        };
-        if object
-            .get_named_property::<bool>("aborted")
-            .unwrap_or(false)
-        {
-            task.cancelled.store(true, Ordering::Relaxed);
-        }
-        // SAFETY: `object` is a live JS value of `env`.
-        let signal = unsafe { AbortSignal::from_napi_value(env.raw(), object.raw())? };
-        let cancelled = task.cancelled.clone();
-        signal.on_abort(move || cancelled.store(true, Ordering::Relaxed));
-        Ok(AsyncTask::with_signal(task, signal))
+        spawn(&env, task, signal)
     }
 }
 

@@ -115,6 +115,25 @@ impl StableDiffusion {
         }
         let (unet_config, unet) = UNet2DConditionModel::load(&dir.join("unet"), device)?;
         let (vae_config, vae) = AutoencoderKL::load(&dir.join("vae"), device)?;
+        Self::assemble(
+            dir,
+            &index,
+            towers,
+            (unet_config, unet),
+            (vae_config, vae),
+            device,
+        )
+    }
+
+    /// The pipeline from loaded parts; the scheduler config comes from `dir`.
+    fn assemble(
+        dir: &Path,
+        index: &serde_json::Value,
+        towers: Vec<TextTower>,
+        (unet_config, unet): (UNetConfig, UNet2DConditionModel),
+        (vae_config, vae): (VaeConfig, AutoencoderKL),
+        device: &Device,
+    ) -> Result<Self> {
         let scheduler_config =
             SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
         Ok(StableDiffusion {
@@ -177,20 +196,14 @@ impl StableDiffusion {
             &label("vae"),
             device,
         )?;
-        let scheduler_config =
-            SchedulerConfig::from_file(config_dir.join("scheduler/scheduler_config.json"))?;
-        Ok(StableDiffusion {
+        Self::assemble(
+            config_dir,
+            &index,
             towers,
-            unet,
-            unet_config,
-            vae,
-            vae_config,
-            scheduler_config,
-            force_zeros_for_empty_prompt: index["force_zeros_for_empty_prompt"]
-                .as_bool()
-                .unwrap_or(false),
-            device: device.clone(),
-        })
+            (unet_config, unet),
+            (vae_config, vae),
+            device,
+        )
     }
 
     /// Whether this is an SDXL pipeline (two text encoders, added conditioning).
