@@ -61,6 +61,12 @@ fn time(name: &str, runs: usize, mut f: impl FnMut()) {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench binaries too (without `--bench`): minutes of full-size
+    // UNet steps do not belong in the test suite.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("sd15_shapes: run with `cargo bench -p avatar-core --bench sd15_shapes`");
+        return;
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
