@@ -54,9 +54,14 @@ def set_threads(n=2):
 
 
 def load_image(path_or_bytes, size=IMG):
-    """RGBA (or RGB) image -> composited on white -> size x size uint8 RGB."""
+    """RGBA (or RGB) image file -> composited on white -> size x size uint8 RGB."""
     im = Image.open(path_or_bytes)
     im.load()
+    return prepare(im, size)
+
+
+def prepare(im, size=IMG):
+    """PIL image -> composited on white -> size x size uint8 RGB."""
     im = im.convert("RGBA")
     bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
     im = Image.alpha_composite(bg, im).convert("RGB")
@@ -107,7 +112,7 @@ def list_pngs(d):
 
 
 def to_tensor(batch_u8):
-    """(B, H, W, 3) uint8 numpy -> (B, 3, H, W) float in [-1, 1]."""
+    """(B, H, W, 3) uint8 numpy -> (B, 3, H, W) float in [-1, 1] (channels_last strides)."""
     t = torch.from_numpy(batch_u8).permute(0, 3, 1, 2).float()
     return t.div_(127.5).sub_(1.0)
 
@@ -158,13 +163,14 @@ class AttrNet(nn.Module):
     def __init__(self, head_sizes, width=32, feat=256):
         super().__init__()
         w = width
+        # Strided stem: ~3x cheaper than a full-resolution first layer on a CPU.
         self.body = nn.Sequential(
-            _block(3, w, 1),            # 64
-            _block(w, w, 2),            # 32
-            _block(w, 2 * w, 1),
-            _block(2 * w, 2 * w, 2),    # 16
-            _block(2 * w, 4 * w, 1),
-            _block(4 * w, 4 * w, 2),    # 8
+            _block(3, w, 2),            # 32
+            _block(w, w, 1),
+            _block(w, 2 * w, 2),        # 16
+            _block(2 * w, 2 * w, 1),
+            _block(2 * w, 4 * w, 2),    # 8
+            _block(4 * w, 4 * w, 1),
             _block(4 * w, 8 * w, 2),    # 4
         )
         # Flatten (not global pooling): where a part sits matters here.
@@ -176,6 +182,8 @@ class AttrNet(nn.Module):
         )
         self.drop = nn.Dropout(0.2)
         self.heads = nn.ModuleList(nn.Linear(feat, k) for k in head_sizes)
+        # to_tensor() yields NHWC-strided input; channels_last convs are faster on CPU.
+        self.to(memory_format=torch.channels_last)
 
     def features(self, x):
         return self.fc(self.body(x))
