@@ -41,6 +41,23 @@ export declare class StableDiffusion {
   textToImage(options: TextToImageOptions, onProgress?: ((progress: Progress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
 }
 
+/** A VQGAN+CLIP engine (taming VQGAN + open_clip CLIP) that optimises images towards prompts. */
+export declare class VqganClip {
+  /**
+   * Loads taming's yaml + checkpoint and an open_clip state dict (`clipConfig`: open_clip's
+   * model json; default ViT-B/32) on `device`.
+   */
+  constructor(vqganConfig: string, vqganWeights: string, clipWeights: string, clipConfig?: string | undefined | null, device?: string | undefined | null)
+  /** Pixels per latent cell: sizes are rounded down to multiples of it. */
+  get factor(): number
+  /**
+   * Optimises an image towards the prompts on the libuv pool and resolves to its PNG;
+   * `onProgress` after every step (with the intermediate PNG every `displayEvery` steps);
+   * `signal` cancels between steps (the promise rejects with `code: "ERR_CANCELLED"`).
+   */
+  generate(options: VqganClipOptions, onProgress?: ((progress: VqganClipProgress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer>
+}
+
 /** Options of a batch: `n` random avatars or one per seed in `seeds`. */
 export interface BatchOptions {
   /** How many avatars (random seeds); ignored when `seeds` is given. */
@@ -92,6 +109,16 @@ export interface GeneratorOptions {
   weights?: string
 }
 
+/** An image prompt of a VQGAN+CLIP run. */
+export interface ImagePrompt {
+  /** An encoded PNG/JPEG/WebP. */
+  image: Buffer
+  /** Weight (default 1; negative pushes away). */
+  weight?: number
+  /** Distance below which the prompt stops pulling (default: never). */
+  stop?: number
+}
+
 /** The MIME type of a format name (`"png"` -> `"image/png"`), for HTTP responses. */
 export declare function mimeType(format?: string | undefined | null): string
 
@@ -127,4 +154,46 @@ export interface TextToImageOptions {
   image?: Buffer
   /** Image-to-image: how much of `image` to replace (default 0.75). */
   strength?: number
+}
+
+/** Options of a VQGAN+CLIP run (the core's names, camelCase). */
+export interface VqganClipOptions {
+  /** Text prompts, `"text:weight:stop"` separated by `|`. */
+  prompt?: string
+  /** Image prompts. */
+  imagePrompts?: Array<ImagePrompt>
+  /** Start from this encoded image instead of random codebook entries. */
+  initImage?: Buffer
+  /** Weight of the pull towards the initial latent (default 0). */
+  initWeight?: number
+  /** Width in pixels (default 256; rounded down to a multiple of `factor`). */
+  width?: number
+  /** Height in pixels (default 256). */
+  height?: number
+  /** Adam steps (default 100). */
+  iterations?: number
+  /** Adam learning rate (default 0.1). */
+  stepSize?: number
+  /** Cutouts per step (default 32). */
+  cutn?: number
+  /** Cutout size exponent (default 1). */
+  cutPow?: number
+  /** Augment the cutouts (default true). */
+  augment?: boolean
+  /** Seed: an integer or any string. */
+  seed?: number | string
+  /** Pass the intermediate image to `onProgress` every this many steps (default 10). */
+  displayEvery?: number
+}
+
+/** Progress of a VQGAN+CLIP run, passed to the `onProgress` callback after every step. */
+export interface VqganClipProgress {
+  /** Steps done. */
+  iteration: number
+  /** Steps asked for. */
+  total: number
+  /** The step's loss. */
+  loss: number
+  /** The intermediate image as PNG, every `displayEvery` steps. */
+  image?: Buffer
 }

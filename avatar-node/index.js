@@ -780,6 +780,7 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.AvatarGenerator = nativeBinding.AvatarGenerator
 module.exports.StableDiffusion = nativeBinding.StableDiffusion
+module.exports.VqganClip = nativeBinding.VqganClip
 module.exports.generate = nativeBinding.generate
 module.exports.generateSync = nativeBinding.generateSync
 module.exports.mimeType = nativeBinding.mimeType

@@ -7,8 +7,6 @@
 //! cargo bench -p avatar-core --bench sd15_shapes -- [unet64|unet32|vae|clip ...] [--runs N]
 //! ```
 
-use std::time::Instant;
-
 use avatar_core::diffusion::clip_text::ClipTextConfig;
 use avatar_core::diffusion::unet::UNetConfig;
 use avatar_core::diffusion::vae::VaeConfig;
@@ -25,62 +23,15 @@ const CLIP: &str = r#"{"vocab_size": 49408, "hidden_size": 768, "intermediate_si
   "num_attention_heads": 12, "num_hidden_layers": 12, "hidden_act": "quick_gelu",
   "architectures": ["CLIPTextModel"]}"#;
 
-/// Peak resident set size of this process in MiB (Linux `VmHWM`).
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
-}
+mod common;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn time(name: &str, runs: usize, mut f: impl FnMut()) {
-    f(); // warm-up (allocations, kernels)
-    let times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let started = Instant::now();
-            f();
-            started.elapsed().as_secs_f64()
-        })
-        .collect();
-    println!(
-        "{name:<28} median {:>8.3} s  (runs {runs}, min {:.3} s)  peak RSS {:.0} MiB",
-        median(times.clone()),
-        times.iter().cloned().fold(f64::INFINITY, f64::min),
-        peak_rss_mib()
-    );
-}
+use common::{bench_args, time, wanted};
 
 fn main() {
-    // `cargo test --all-targets` runs bench binaries too (without `--bench`): minutes of full-size
-    // UNet steps do not belong in the test suite.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("sd15_shapes: run with `cargo bench -p avatar-core --bench sd15_shapes`");
+    let Some((args, runs)) = bench_args("sd15_shapes") else {
         return;
-    }
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let runs = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(3);
-    let wanted = |name: &str| {
-        args.iter()
-            .all(|a| a.starts_with("--") || a.parse::<usize>().is_ok())
-            || args.iter().any(|a| a == name)
     };
+    let wanted = |name: &str| wanted(&args, name);
     let device = Device::flex();
     let normal = Distribution::Normal(0.0, 1.0);
     if wanted("unet64") || wanted("unet32") {

@@ -65,8 +65,14 @@ struct Args {
     output: PathBuf,
 }
 
-fn main() -> Result<(), AvatarError> {
-    let args = Args::parse();
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), AvatarError> {
     let device = args.device.parse::<DeviceSpec>()?.device()?;
     let started = Instant::now();
     let pipeline = StableDiffusion::load(&args.model, &device)?;

@@ -5,6 +5,8 @@
 //!
 //! - [`dcgan`]: DCGAN cartoon-avatar generators (the seed service's Keras recipe, and our own
 //!   trained RGBA models shipped in the crate), with training under the `train` feature.
+//! - [`diffusion`]: Stable Diffusion 1.5 / SDXL text-to-image and image-to-image.
+//! - [`vqgan_clip`]: VQGAN+CLIP optimisation from text and image prompts, with progress.
 //! - [`AvatarGenerator`]: the high-level API (seeds, transparency, colours, sizes, formats).
 //!
 //! ```no_run
@@ -25,6 +27,7 @@ pub mod imaging;
 pub mod seed;
 #[cfg(feature = "train")]
 pub mod train;
+pub mod vqgan_clip;
 
 pub use avatar::{
     AvatarGenerator, EncodedAvatar, GenerateOptions, ModelSize, Progress, WeightsSource,

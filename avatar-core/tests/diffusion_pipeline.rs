@@ -104,7 +104,7 @@ fn run(model: &str, folder: &str, scheduler_name: &str) -> f32 {
         .abs()
         .max()
         .into_scalar::<f32>();
-    let image = decode_latents(&vae, latents, vae_config.scaling_factor);
+    let image = decode_latents(&vae, &vae_config, latents, false);
     let diff = (image - expected.tensor::<4>("image", None, &device))
         .abs()
         .max()

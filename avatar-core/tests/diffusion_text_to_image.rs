@@ -348,3 +348,31 @@ fn fp16_weights_load_and_run_in_f32() {
     // f16 rounding of the weights moves the image a little, never a lot.
     assert!(diff > 0.0 && diff < 2e-2, "{diff}");
 }
+
+/// `vae_tiling` switches the pipeline to the tiled decoder (parity of which is tested in
+/// `diffusion_vae_tiled.rs`) only when the latents exceed one tile, as diffusers does.
+#[test]
+fn vae_tiling_applies_to_latents_larger_than_a_tile() {
+    let device = Device::flex();
+    let pipeline = StableDiffusion::load(&fixtures().join("sd15_tiny"), &device).unwrap();
+    let run = |size: u32, vae_tiling: bool| {
+        let options = TextToImageOptions {
+            prompt: "an avatar".into(),
+            num_inference_steps: 2,
+            width: Some(size),
+            height: Some(size),
+            seed: Some("tiles".into()),
+            vae_tiling,
+            ..Default::default()
+        };
+        pipeline.text_to_image_tensor(&options, |_| true).unwrap()
+    };
+    // 32 px = 16 latent pixels = one tile (sample_size 32 >> 1 level): identical.
+    let diff = |a: Tensor<4>, b: Tensor<4>| (a - b).abs().max().into_scalar::<f32>();
+    assert_eq!(diff(run(32, true), run(32, false)), 0.0);
+    // 64 px = 2x2 overlapping tiles: same shape, seams blended, so not identical.
+    let (tiled, whole) = (run(64, true), run(64, false));
+    assert_eq!(tiled.dims(), [1, 3, 64, 64]);
+    assert_eq!(tiled.dims(), whole.dims());
+    assert!(diff(tiled, whole) > 1e-4);
+}

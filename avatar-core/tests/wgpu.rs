@@ -79,3 +79,82 @@ fn sdxl_prompt_to_image_matches_diffusers_on_wgpu() {
     let error = (image - expected).abs().max().into_scalar::<f32>();
     assert!(error <= 1e-3, "SDXL on wgpu: max abs error {error}");
 }
+
+#[test]
+fn vqgan_clip_gradient_matches_the_reference_on_wgpu() {
+    use avatar_core::vqgan_clip::cutouts::Cutout;
+    use avatar_core::vqgan_clip::{Objective, OpenClipConfig, Prompt, VqganClip};
+    use common::tensors::{TensorFile, max_abs_diff};
+    let Some(device) = wgpu_device() else { return };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vqgan_clip");
+    let engine = VqganClip::load(
+        &dir.join("vqgan.yaml"),
+        &dir.join("vqgan.ckpt"),
+        &OpenClipConfig::from_json_file(&dir.join("clip_config.json")).unwrap(),
+        &dir.join("clip.safetensors"),
+        &device,
+    )
+    .unwrap();
+    let r = TensorFile::open(&dir.join("reference.safetensors"));
+    let ad = engine.device().clone();
+    let decoded = engine.vqgan().decode(r.float("vq.z", &ad));
+    let error = max_abs_diff(decoded, r.float("vq.decoded", &ad));
+    assert!(error < 1e-4, "VQGAN decode on wgpu: {error}");
+
+    // The `large` case's loss gradient without the stopped image prompt (one text prompt).
+    let texts = engine.embed_texts(&["a cartoon avatar", "a photo"]);
+    let objective = Objective {
+        prompts: vec![Prompt {
+            embeds: texts.narrow(0, 0, 1),
+            weight: 1.0,
+            stop: f32::NEG_INFINITY,
+        }],
+        init: None,
+    };
+    let boxes: Vec<Cutout> = r
+        .ints("large.boxes")
+        .1
+        .chunks_exact(3)
+        .map(|b| Cutout {
+            size: b[0] as usize,
+            x: b[1] as usize,
+            y: b[2] as usize,
+        })
+        .collect();
+    let z0 = r.float::<4>("large.z0", &ad);
+    let (parts, grad) = engine.loss_and_grad(z0.clone(), &boxes, &objective, |b| b);
+    let cpu = VqganClip::load(
+        &dir.join("vqgan.yaml"),
+        &dir.join("vqgan.ckpt"),
+        &OpenClipConfig::from_json_file(&dir.join("clip_config.json")).unwrap(),
+        &dir.join("clip.safetensors"),
+        &Device::flex(),
+    )
+    .unwrap();
+    let cpu_objective = Objective {
+        prompts: vec![Prompt {
+            embeds: cpu.embed_texts(&["a cartoon avatar"]),
+            weight: 1.0,
+            stop: f32::NEG_INFINITY,
+        }],
+        init: None,
+    };
+    let cpu_z0 = r.float::<4>("large.z0", cpu.device());
+    let (cpu_parts, cpu_grad) = cpu.loss_and_grad(cpu_z0, &boxes, &cpu_objective, |b| b);
+    let (loss, cpu_loss) = (parts.total(), cpu_parts.total());
+    // Every stage agrees to ~1e-6 (decode, cutouts, both CLIP towers), but Mesa's software
+    // Vulkan computes `asin` (the spherical distance) with an absolute error up to ~4e-4, so the
+    // loss and its gradient are compared at that precision.
+    assert!(
+        (loss - cpu_loss).abs() < 1e-3,
+        "loss on wgpu {loss} vs flex {cpu_loss}"
+    );
+    let grad = Tensor::<4>::from_data(grad.into_data(), cpu.device());
+    let scale = cpu_grad.clone().abs().max().into_scalar::<f32>();
+    let error = max_abs_diff(grad, cpu_grad);
+    eprintln!("gradient on wgpu vs flex: max abs diff {error:e} (largest component {scale:e})");
+    assert!(
+        error < 1e-3 * scale,
+        "gradient on wgpu vs flex: {error} of {scale}"
+    );
+}

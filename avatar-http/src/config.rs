@@ -118,6 +118,22 @@ pub struct Config {
     pub public_url: Option<String>,
 
     /// Log format.
+    /// VQGAN+CLIP (seed 004): taming's model yaml.
+    #[arg(long, env = "AVATAR_VQGAN_CONFIG")]
+    pub vqgan_config: Option<PathBuf>,
+    /// VQGAN+CLIP: taming's checkpoint (.ckpt) or safetensors.
+    #[arg(long, env = "AVATAR_VQGAN_WEIGHTS")]
+    pub vqgan_weights: Option<PathBuf>,
+    /// VQGAN+CLIP: the CLIP state dict (.bin, .pt, .safetensors).
+    #[arg(long, env = "AVATAR_CLIP_WEIGHTS")]
+    pub clip_weights: Option<PathBuf>,
+    /// VQGAN+CLIP: open_clip's model json (default: OpenAI ViT-B/32).
+    #[arg(long, env = "AVATAR_CLIP_CONFIG")]
+    pub clip_config: Option<PathBuf>,
+    /// VQGAN+CLIP runs waiting at most.
+    #[arg(long, env = "AVATAR_VQGAN_QUEUE_CAPACITY", default_value_t = 8)]
+    pub vqgan_queue_capacity: usize,
+
     #[arg(long, env = "AVATAR_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
@@ -159,6 +175,15 @@ impl Config {
     }
 
     /// Whether requests must carry a token.
+    pub fn vqgan_paths(&self) -> Option<crate::vqgan::VqganModelPaths> {
+        Some(crate::vqgan::VqganModelPaths {
+            vqgan_config: self.vqgan_config.clone()?,
+            vqgan_weights: self.vqgan_weights.clone()?,
+            clip_weights: self.clip_weights.clone()?,
+            clip_config: self.clip_config.clone(),
+        })
+    }
+
     pub fn auth_required(&self) -> bool {
         !self.no_auth && !self.auth_tokens.is_empty()
     }
@@ -177,6 +202,16 @@ impl Config {
         }
         if self.queue_capacity == 0 || self.task_queue_capacity == 0 {
             return Err("queue capacities must be at least 1".into());
+        }
+        let vqgan = [
+            self.vqgan_config.is_some(),
+            self.vqgan_weights.is_some(),
+            self.clip_weights.is_some(),
+        ];
+        if vqgan.contains(&true) && vqgan.contains(&false) {
+            return Err(
+                "VQGAN+CLIP needs all of --vqgan-config, --vqgan-weights and --clip-weights".into(),
+            );
         }
         if let Some(url) = &self.public_url {
             reqwest::Url::parse(url).map_err(|e| format!("--public-url {url:?}: {e}"))?;

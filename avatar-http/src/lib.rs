@@ -24,6 +24,7 @@ pub mod routes;
 pub mod state;
 pub mod tasks;
 pub mod telemetry;
+pub mod vqgan;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -74,6 +75,23 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/tasks/{id}/result/{index}", get(routes::tasks::get_result))
         .route("/metrics", get(routes::metrics::metrics))
+        .route("/text2img", post(routes::vqgan::text2img))
+        .route(
+            "/textimg2img",
+            post(routes::vqgan::textimg2img).layer(DefaultBodyLimit::max(
+                routes::vqgan::MAX_IMAGE_BYTES + 64 * 1024,
+            )),
+        )
+        .route(
+            "/text2img/{id}",
+            axum::routing::delete(routes::vqgan::cancel),
+        )
+        .route("/text2img/{id}/progress", get(routes::vqgan::progress))
+        .route(
+            "/text2img/{id}/progress-image",
+            get(routes::vqgan::progress_image),
+        )
+        .route("/text2img/{id}/image", get(routes::vqgan::image))
         .route_layer(axum::middleware::from_fn_with_state(auth, auth::require));
     let public = Router::new()
         .route("/", get(routes::web::index))
@@ -210,6 +228,19 @@ impl Server {
             tracing::info!(loaded, requeued, failed, "tasks restored from the store");
         }
 
+        let vqgan = match config.vqgan_paths() {
+            Some(paths) => {
+                let (device, capacity) = (config.device, config.vqgan_queue_capacity);
+                let service = tokio::task::spawn_blocking(move || {
+                    crate::vqgan::VqganService::start(&paths, device, capacity)
+                })
+                .await?
+                .map_err(|e| format!("VQGAN+CLIP models: {e}"))?;
+                tracing::info!("VQGAN+CLIP ready");
+                Some(service)
+            }
+            None => None,
+        };
         let app: AppState = Arc::new(App {
             config,
             catalog,
@@ -217,6 +248,7 @@ impl Server {
             tasks,
             dcgan: dcgan_lane,
             metrics,
+            vqgan,
             openapi_json: openapi::render(),
             bound_url,
         });
@@ -239,6 +271,9 @@ impl Server {
                     {
                         tracing::info!(expired, "expired old tasks");
                     }
+                    if let Some(vqgan) = &app.vqgan {
+                        vqgan.expire(ttl);
+                    }
                 }
             })
         };
@@ -257,6 +292,9 @@ impl Server {
             tokio::task::spawn_blocking(move || {
                 app.tasks.shutdown(grace);
                 app.pool.shutdown();
+                if let Some(vqgan) = &app.vqgan {
+                    vqgan.stop();
+                }
             })
             .await?;
             dispatcher.drain(Duration::from_secs(10)).await;

@@ -27,6 +27,12 @@ use crate::routes;
         routes::tasks::cancel_task,
         routes::tasks::get_result,
         routes::metrics::metrics,
+        routes::vqgan::text2img,
+        routes::vqgan::textimg2img,
+        routes::vqgan::progress,
+        routes::vqgan::progress_image,
+        routes::vqgan::image,
+        routes::vqgan::cancel,
     ),
     components(schemas(
         crate::error::ErrorBody,
@@ -36,12 +42,16 @@ use crate::routes;
         crate::tasks::record::DeliveryState,
         crate::params::SizeParam,
         crate::params::FormatParam,
+        crate::routes::vqgan::RunStarted,
+        crate::vqgan::RunView,
+        crate::vqgan::RunStatus,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "avatars", description = "Draw avatars synchronously"),
         (name = "tasks", description = "Long-running work: queue, poll, cancel, download, webhooks"),
         (name = "service", description = "Health and metrics"),
+        (name = "vqgan-clip", description = "Seed 004: VQGAN+CLIP runs with a progress bar and progress images"),
     )
 )]
 pub struct ApiDoc;

@@ -28,6 +28,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The OpenAPI document, rendered once.
     pub openapi_json: String,
+    /// VQGAN+CLIP runs (seed 004), when its models are configured.
+    pub vqgan: Option<crate::vqgan::VqganService>,
     /// `http://<bound address>`, the fallback base of absolute links.
     pub bound_url: String,
 }

@@ -88,6 +88,13 @@ fn js_field(field: &str) -> &str {
     match field {
         "bg_color" => "bgColor",
         "output_size" => "outputSize",
+        "init_image" => "initImage",
+        "init_weight" => "initWeight",
+        "step_size" => "stepSize",
+        "cut_pow" => "cutPow",
+        "display_every" => "displayEvery",
+        "image_prompts" => "imagePrompts",
+        "prompts" => "prompt",
         other => other,
     }
 }
@@ -275,6 +282,12 @@ pub trait Cancellable {
 }
 
 impl Cancellable for GenerateTask {
+    fn cancelled(&self) -> &Arc<AtomicBool> {
+        &self.cancelled
+    }
+}
+
+impl Cancellable for VqganClipTask {
     fn cancelled(&self) -> &Arc<AtomicBool> {
         &self.cancelled
     }
@@ -526,6 +539,232 @@ impl StableDiffusion {
             pipeline: self.inner.clone(),
             options: core.0,
             image: core.1,
+            cancelled: Arc::default(),
+            progress: on_progress,
+        };
+        spawn(&env, task, signal)
+    }
+}
+
+/// An image prompt of a VQGAN+CLIP run.
+#[napi(object)]
+pub struct ImagePrompt {
+    /// An encoded PNG/JPEG/WebP.
+    pub image: Buffer,
+    /// Weight (default 1; negative pushes away).
+    pub weight: Option<f64>,
+    /// Distance below which the prompt stops pulling (default: never).
+    pub stop: Option<f64>,
+}
+
+/// Options of a VQGAN+CLIP run (the core's names, camelCase).
+#[napi(object)]
+#[derive(Default)]
+pub struct VqganClipOptions {
+    /// Text prompts, `"text:weight:stop"` separated by `|`.
+    pub prompt: Option<String>,
+    /// Image prompts.
+    pub image_prompts: Option<Vec<ImagePrompt>>,
+    /// Start from this encoded image instead of random codebook entries.
+    pub init_image: Option<Buffer>,
+    /// Weight of the pull towards the initial latent (default 0).
+    pub init_weight: Option<f64>,
+    /// Width in pixels (default 256; rounded down to a multiple of `factor`).
+    pub width: Option<u32>,
+    /// Height in pixels (default 256).
+    pub height: Option<u32>,
+    /// Adam steps (default 100).
+    pub iterations: Option<u32>,
+    /// Adam learning rate (default 0.1).
+    pub step_size: Option<f64>,
+    /// Cutouts per step (default 32).
+    pub cutn: Option<u32>,
+    /// Cutout size exponent (default 1).
+    pub cut_pow: Option<f64>,
+    /// Augment the cutouts (default true).
+    pub augment: Option<bool>,
+    /// Seed: an integer or any string.
+    pub seed: Option<Either<f64, String>>,
+    /// Pass the intermediate image to `onProgress` every this many steps (default 10).
+    pub display_every: Option<u32>,
+}
+
+/// Progress of a VQGAN+CLIP run, passed to the `onProgress` callback after every step.
+#[napi(object)]
+pub struct VqganClipProgress {
+    /// Steps done.
+    pub iteration: u32,
+    /// Steps asked for.
+    pub total: u32,
+    /// The step's loss.
+    pub loss: f64,
+    /// The intermediate image as PNG, every `displayEvery` steps.
+    pub image: Option<Buffer>,
+}
+
+fn decode_image(field: &'static str, bytes: &[u8]) -> Result<image::RgbaImage, AvatarError> {
+    Ok(image::load_from_memory(bytes)
+        .map_err(|e| AvatarError::invalid(field, e.to_string()))?
+        .to_rgba8())
+}
+
+impl VqganClipOptions {
+    fn to_core(&self) -> Result<avatar_core::vqgan_clip::RunOptions, AvatarError> {
+        use avatar_core::vqgan_clip::{Augmentations, PromptSpec, RunOptions};
+        let defaults = RunOptions::default();
+        let mut image_prompts = Vec::new();
+        for (index, prompt) in self.image_prompts.iter().flatten().enumerate() {
+            let spec = PromptSpec {
+                text: format!("image prompt {index}"),
+                weight: prompt.weight.unwrap_or(1.0) as f32,
+                stop: prompt.stop.map_or(f32::NEG_INFINITY, |s| s as f32),
+            };
+            image_prompts.push((decode_image("image_prompts", &prompt.image)?, spec));
+        }
+        Ok(RunOptions {
+            prompts: match &self.prompt {
+                Some(text) => PromptSpec::parse_list(text)?,
+                None => Vec::new(),
+            },
+            image_prompts,
+            init_image: self
+                .init_image
+                .as_ref()
+                .map(|bytes| decode_image("init_image", bytes))
+                .transpose()?,
+            init_weight: self.init_weight.map_or(defaults.init_weight, |w| w as f32),
+            width: self.width.map_or(defaults.width, |w| w as usize),
+            height: self.height.map_or(defaults.height, |h| h as usize),
+            iterations: self.iterations.map_or(defaults.iterations, |n| n as usize),
+            step_size: self.step_size.unwrap_or(defaults.step_size),
+            cutn: self.cutn.map_or(defaults.cutn, |n| n as usize),
+            cut_pow: self.cut_pow.unwrap_or(defaults.cut_pow),
+            augmentations: if self.augment.unwrap_or(true) {
+                Augmentations::default()
+            } else {
+                Augmentations::none()
+            },
+            seed: self.seed.as_ref().map(parse_seed).transpose()?,
+            display_every: self
+                .display_every
+                .map_or(defaults.display_every, |n| n as usize),
+        })
+    }
+}
+
+/// A VQGAN+CLIP engine (taming VQGAN + open_clip CLIP) that optimises images towards prompts.
+#[napi]
+pub struct VqganClip {
+    inner: Arc<avatar_core::vqgan_clip::VqganClip>,
+}
+
+/// A VQGAN+CLIP run on the libuv pool.
+pub struct VqganClipTask {
+    engine: Arc<avatar_core::vqgan_clip::VqganClip>,
+    options: avatar_core::vqgan_clip::RunOptions,
+    cancelled: Arc<AtomicBool>,
+    progress: Option<ThreadsafeFunction<VqganClipProgress, (), VqganClipProgress, Status, false>>,
+}
+
+impl Task for VqganClipTask {
+    type Output = Result<Vec<u8>, AvatarError>;
+    type JsValue = Buffer;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        let observer = avatar_core::vqgan_clip::RunObserver::new();
+        let image = self.engine.run(&self.options, &observer, |step| {
+            if let Some(callback) = &self.progress {
+                let progress = VqganClipProgress {
+                    iteration: step.iteration as u32,
+                    total: step.total as u32,
+                    loss: f64::from(step.loss),
+                    image: step
+                        .image
+                        .as_ref()
+                        .and_then(|image| {
+                            avatar_core::imaging::encode(image, ImageFormat::Png).ok()
+                        })
+                        .map(Buffer::from),
+                };
+                callback.call(progress, ThreadsafeFunctionCallMode::NonBlocking);
+            }
+            !self.cancelled.load(Ordering::Relaxed)
+        });
+        Ok(image.and_then(|image| avatar_core::imaging::encode(&image, ImageFormat::Png)))
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> napi::Result<Self::JsValue> {
+        output.map(Buffer::from).map_err(|e| throwable(&env, &e))
+    }
+
+    fn finally(mut self, _env: Env) -> napi::Result<()> {
+        self.progress.take();
+        Ok(())
+    }
+}
+
+#[napi]
+impl VqganClip {
+    /// Loads taming's yaml + checkpoint and an open_clip state dict (`clipConfig`: open_clip's
+    /// model json; default ViT-B/32) on `device`.
+    #[napi(constructor)]
+    pub fn new(
+        env: Env,
+        vqgan_config: String,
+        vqgan_weights: String,
+        clip_weights: String,
+        clip_config: Option<String>,
+        device: Option<String>,
+    ) -> napi::Result<Self> {
+        let load = || -> Result<_, AvatarError> {
+            let spec: DeviceSpec = device.as_deref().unwrap_or("cpu").parse()?;
+            let clip = match &clip_config {
+                Some(path) => avatar_core::vqgan_clip::OpenClipConfig::from_json_file(
+                    std::path::Path::new(path),
+                )?,
+                None => avatar_core::vqgan_clip::OpenClipConfig::vit_b_32(),
+            };
+            avatar_core::vqgan_clip::VqganClip::load(
+                std::path::Path::new(&vqgan_config),
+                std::path::Path::new(&vqgan_weights),
+                &clip,
+                std::path::Path::new(&clip_weights),
+                &spec.device()?,
+            )
+        };
+        let inner = load().map_err(|e| sync_error(&env, e))?;
+        Ok(VqganClip {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Pixels per latent cell: sizes are rounded down to multiples of it.
+    #[napi(getter)]
+    pub fn factor(&self) -> u32 {
+        self.inner.factor() as u32
+    }
+
+    /// Optimises an image towards the prompts on the libuv pool and resolves to its PNG;
+    /// `onProgress` after every step (with the intermediate PNG every `displayEvery` steps);
+    /// `signal` cancels between steps (the promise rejects with `code: "ERR_CANCELLED"`).
+    #[napi(ts_return_type = "Promise<Buffer>")]
+    pub fn generate(
+        &self,
+        env: Env,
+        options: VqganClipOptions,
+        #[napi(ts_arg_type = "((progress: VqganClipProgress) => void) | undefined | null")]
+        on_progress: Option<
+            ThreadsafeFunction<VqganClipProgress, (), VqganClipProgress, Status, false>,
+        >,
+        #[napi(ts_arg_type = "AbortSignal | undefined | null")] signal: Option<Object>,
+    ) -> napi::Result<AsyncTask<VqganClipTask>> {
+        let core = options
+            .to_core()
+            .and_then(|core| core.validate(self.inner.factor()).map(|()| core))
+            .map_err(|e| sync_error(&env, e))?;
+        let task = VqganClipTask {
+            engine: self.inner.clone(),
+            options: core,
             cancelled: Arc::default(),
             progress: on_progress,
         };

@@ -127,3 +127,37 @@ test('StableDiffusion draws PNGs from a prompt and from an image, with progress 
   );
   assert.throws(() => new avatar.StableDiffusion('/nonexistent'), (e) => e.code === 'ERR_IO');
 });
+
+test('VqganClip optimises towards prompts with progress images, seeds and cancel', async () => {
+  const dir = new URL('../../avatar-core/tests/fixtures/vqgan_clip/', import.meta.url).pathname;
+  const engine = new avatar.VqganClip(`${dir}vqgan.yaml`, `${dir}vqgan.ckpt`, `${dir}clip.safetensors`, `${dir}clip_config.json`);
+  assert.equal(engine.factor, 2);
+  const seen = [];
+  const options = { prompt: 'a cartoon avatar|blurry:-0.5', width: 32, height: 16, iterations: 4, cutn: 4, seed: 3, displayEvery: 2 };
+  const png = await engine.generate(options, (p) => seen.push(p));
+  assert.deepEqual(pngInfo(png), { width: 32, height: 16, colorType: 6 });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(seen.map((p) => [p.iteration, p.total]), [[1, 4], [2, 4], [3, 4], [4, 4]]);
+  assert.ok(seen.every((p) => Number.isFinite(p.loss)));
+  assert.equal(seen[0].image, undefined);
+  assert.deepEqual(pngInfo(seen[1].image), { width: 32, height: 16, colorType: 6 });
+  assert.ok(seen[3].image.equals(png), 'the last progress image is the result');
+  assert.ok(png.equals(await engine.generate(options)), 'seeded runs repeat');
+  const edited = await engine.generate({
+    prompt: 'a smile', initImage: png, initWeight: 0.5, imagePrompts: [{ image: png, weight: 0.5 }],
+    width: 16, height: 16, iterations: 2, cutn: 2, augment: false, seed: 'bob',
+  });
+  assert.deepEqual(pngInfo(edited), { width: 16, height: 16, colorType: 6 });
+  assert.throws(() => engine.generate({ prompt: 'x', iterations: 0 }), (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'iterations');
+  assert.throws(() => engine.generate({ prompt: 'x', stepSize: -1 }), (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'stepSize');
+  assert.throws(() => engine.generate({}), (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'prompt');
+  assert.throws(() => engine.generate({ prompt: 'x', initImage: Buffer.from('nope') }), (e) => e.field === 'initImage');
+  const controller = new AbortController();
+  let calls = 0;
+  await assert.rejects(
+    engine.generate({ prompt: 'x', width: 16, height: 16, iterations: 200, cutn: 2 }, () => { calls += 1; controller.abort(); }, controller.signal),
+    (e) => e.code === 'ERR_CANCELLED' || e.name === 'AbortError',
+  );
+  assert.ok(calls < 200, `stopped early (${calls} progress calls of 200)`);
+  assert.throws(() => new avatar.VqganClip(`${dir}vqgan.yaml`, `${dir}missing.ckpt`, `${dir}clip.safetensors`, `${dir}clip_config.json`), (e) => e.code === 'ERR_IO');
+});

@@ -100,6 +100,21 @@ fn to_pil<'py>(py: Python<'py>, image: RgbaImage) -> PyResult<Bound<'py, PyAny>>
     )
 }
 
+/// An RGBA copy of a `PIL.Image.Image` (any mode); `field` names it in errors.
+fn from_pil(field: &'static str, image: &Bound<'_, PyAny>) -> PyResult<RgbaImage> {
+    let rgba = image
+        .call_method1("convert", ("RGBA",))
+        .map_err(|_| to_py_err(AvatarError::invalid(field, "must be a PIL.Image.Image")))?;
+    let (width, height): (u32, u32) = rgba.getattr("size")?.extract()?;
+    let bytes: Vec<u8> = rgba.call_method0("tobytes")?.extract()?;
+    RgbaImage::from_raw(width, height, bytes).ok_or_else(|| {
+        to_py_err(AvatarError::invalid(
+            field,
+            "pixel buffer does not match its size",
+        ))
+    })
+}
+
 fn to_array<'py>(py: Python<'py>, image: RgbaImage) -> PyResult<Bound<'py, PyAny>> {
     let (width, height) = image.dimensions();
     // The pixel buffer moves into NumPy as is; the reshape is a view.
@@ -177,11 +192,10 @@ impl AvatarGenerator {
         bg_color: Option<&str>,
         output_size: Option<u32>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let options = options(seed, transparent, bg_color, output_size, None)?;
-        let image = py
-            .detach(|| self.inner.generate(&options))
-            .map_err(to_py_err)?;
-        to_pil(py, image)
+        to_pil(
+            py,
+            self.render(py, seed, transparent, bg_color, output_size)?,
+        )
     }
 
     /// One avatar as encoded bytes (`format`: png, webp or jpeg).
@@ -213,11 +227,10 @@ impl AvatarGenerator {
         bg_color: Option<&str>,
         output_size: Option<u32>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let options = options(seed, transparent, bg_color, output_size, None)?;
-        let image = py
-            .detach(|| self.inner.generate(&options))
-            .map_err(to_py_err)?;
-        to_array(py, image)
+        to_array(
+            py,
+            self.render(py, seed, transparent, bg_color, output_size)?,
+        )
     }
 
     /// Many avatars: `n` random ones, or one per seed in `seeds`, as PIL images (or encoded
@@ -266,6 +279,22 @@ impl AvatarGenerator {
 
 /// A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder:
 /// `StableDiffusion(model, device="cpu")`.
+impl AvatarGenerator {
+    /// One avatar's pixels, computed without the GIL.
+    fn render(
+        &self,
+        py: Python<'_>,
+        seed: Option<PySeed<'_>>,
+        transparent: bool,
+        bg_color: Option<&str>,
+        output_size: Option<u32>,
+    ) -> PyResult<RgbaImage> {
+        let options = options(seed, transparent, bg_color, output_size, None)?;
+        py.detach(|| self.inner.generate(&options))
+            .map_err(to_py_err)
+    }
+}
+
 #[pyclass(frozen, module = "avatar")]
 struct StableDiffusion {
     inner: avatar_core::diffusion::pipeline::StableDiffusion,
@@ -406,15 +435,7 @@ impl StableDiffusion {
         scheduler: Option<String>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let rgba = image.call_method1("convert", ("RGBA",))?;
-        let (width, height): (u32, u32) = rgba.getattr("size")?.extract()?;
-        let bytes: Vec<u8> = rgba.call_method0("tobytes")?.extract()?;
-        let input = RgbaImage::from_raw(width, height, bytes).ok_or_else(|| {
-            to_py_err(AvatarError::invalid(
-                "image",
-                "pixel buffer does not match its size",
-            ))
-        })?;
+        let input = from_pil("image", &image)?;
         let options = diffusion_options(
             prompt,
             negative_prompt,
@@ -434,11 +455,162 @@ impl StableDiffusion {
     }
 }
 
+/// A VQGAN+CLIP engine (taming VQGAN + open_clip CLIP) that optimises images towards prompts.
+#[pyclass(frozen, module = "avatar")]
+struct VqganClip {
+    inner: avatar_core::vqgan_clip::VqganClip,
+}
+
+/// An image prompt as Python callers give it: an image, or `(image, weight)`, or
+/// `(image, weight, stop)`.
+#[derive(FromPyObject)]
+enum PyImagePrompt<'py> {
+    Weighted(Bound<'py, PyAny>, f32),
+    WeightedStop(Bound<'py, PyAny>, f32, f32),
+    Plain(Bound<'py, PyAny>),
+}
+
+#[pymethods]
+impl VqganClip {
+    #[new]
+    #[pyo3(signature = (vqgan_config, vqgan_weights, clip_weights, clip_config = None, device = "cpu"))]
+    fn new(
+        py: Python<'_>,
+        vqgan_config: std::path::PathBuf,
+        vqgan_weights: std::path::PathBuf,
+        clip_weights: std::path::PathBuf,
+        clip_config: Option<std::path::PathBuf>,
+        device: &str,
+    ) -> PyResult<Self> {
+        let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
+        let inner = py
+            .detach(|| {
+                let clip = match &clip_config {
+                    Some(path) => avatar_core::vqgan_clip::OpenClipConfig::from_json_file(path)?,
+                    None => avatar_core::vqgan_clip::OpenClipConfig::vit_b_32(),
+                };
+                avatar_core::vqgan_clip::VqganClip::load(
+                    &vqgan_config,
+                    &vqgan_weights,
+                    &clip,
+                    &clip_weights,
+                    &spec.device()?,
+                )
+            })
+            .map_err(to_py_err)?;
+        Ok(VqganClip { inner })
+    }
+
+    /// Pixels per latent cell: sizes are rounded down to multiples of it.
+    #[getter]
+    fn factor(&self) -> usize {
+        self.inner.factor()
+    }
+
+    /// Optimises an image (`PIL.Image.Image`, RGBA) towards `prompt` (`"text:weight:stop"`
+    /// separated by `|`). `progress(iteration, total, loss, image)` is called after every step,
+    /// `image` being the decoded intermediate (a PIL image every `display_every` steps, else
+    /// `None`); returning `False` or raising cancels the run.
+    #[pyo3(signature = (prompt = None, image_prompts = None, init_image = None, init_weight = 0.0, width = 256, height = 256, iterations = 100, step_size = 0.1, cutn = 32, cut_pow = 1.0, augment = true, seed = None, display_every = 10, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        prompt: Option<&str>,
+        image_prompts: Option<Vec<PyImagePrompt<'py>>>,
+        init_image: Option<Bound<'py, PyAny>>,
+        init_weight: f32,
+        width: usize,
+        height: usize,
+        iterations: usize,
+        step_size: f64,
+        cutn: usize,
+        cut_pow: f64,
+        augment: bool,
+        seed: Option<PySeed<'py>>,
+        display_every: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        use avatar_core::vqgan_clip::{Augmentations, PromptSpec, RunObserver, RunOptions};
+        let prompts = match prompt {
+            Some(text) => PromptSpec::parse_list(text).map_err(to_py_err)?,
+            None => Vec::new(),
+        };
+        let mut images = Vec::new();
+        for (index, entry) in image_prompts.unwrap_or_default().into_iter().enumerate() {
+            let (image, weight, stop) = match entry {
+                PyImagePrompt::Plain(image) => (image, 1.0, f32::NEG_INFINITY),
+                PyImagePrompt::Weighted(image, weight) => (image, weight, f32::NEG_INFINITY),
+                PyImagePrompt::WeightedStop(image, weight, stop) => (image, weight, stop),
+            };
+            let spec = PromptSpec {
+                text: format!("image prompt {index}"),
+                weight,
+                stop,
+            };
+            images.push((from_pil("image_prompts", &image)?, spec));
+        }
+        let options = RunOptions {
+            prompts,
+            image_prompts: images,
+            init_image: init_image
+                .map(|image| from_pil("init_image", &image))
+                .transpose()?,
+            init_weight,
+            width,
+            height,
+            iterations,
+            step_size,
+            cutn,
+            cut_pow,
+            augmentations: if augment {
+                Augmentations::default()
+            } else {
+                Augmentations::none()
+            },
+            seed: seed.map(seed_of).transpose()?,
+            display_every,
+        };
+        options.validate(self.inner.factor()).map_err(to_py_err)?;
+        let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+        let observer = RunObserver::new();
+        let result = py.detach(|| {
+            self.inner.run(&options, &observer, |step| match &progress {
+                None => true,
+                Some(callback) => Python::attach(|py| {
+                    let image = match &step.image {
+                        Some(image) => match to_pil(py, image.clone()) {
+                            Ok(pil) => pil.unbind(),
+                            Err(error) => {
+                                *raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+                                return false;
+                            }
+                        },
+                        None => py.None(),
+                    };
+                    match callback.call1(py, (step.iteration, step.total, step.loss, image)) {
+                        Ok(answer) => !matches!(answer.extract::<bool>(py), Ok(false)),
+                        Err(error) => {
+                            *raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+                            false
+                        }
+                    }
+                }),
+            })
+        });
+        if let Some(error) = raised.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(error);
+        }
+        to_pil(py, result.map_err(to_py_err)?)
+    }
+}
+
 /// The `avatar._native` extension module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AvatarGenerator>()?;
     m.add_class::<StableDiffusion>()?;
+    m.add_class::<VqganClip>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_BATCH", avatar_core::avatar::MAX_BATCH_WITH_PROGRESS)?;
     Ok(())

@@ -179,3 +179,77 @@ def test_stable_diffusion_text_and_image_to_image() -> None:
         pipe.text_to_image("x", num_inference_steps=3, progress=lambda d, t: (_ for _ in ()).throw(RuntimeError("stop")))
     with pytest.raises(avatar.AvatarIOError):
         avatar.StableDiffusion(TINY_SD / "missing")
+
+
+VQGAN_CLIP = Path(__file__).resolve().parents[2] / "avatar-core/tests/fixtures/vqgan_clip"
+
+
+def _vqgan_clip() -> avatar.VqganClip:
+    return avatar.VqganClip(
+        VQGAN_CLIP / "vqgan.yaml",
+        VQGAN_CLIP / "vqgan.ckpt",
+        VQGAN_CLIP / "clip.safetensors",
+        clip_config=VQGAN_CLIP / "clip_config.json",
+    )
+
+
+def test_vqgan_clip_runs_with_progress_images_and_is_reproducible() -> None:
+    engine = _vqgan_clip()
+    assert engine.factor == 2
+    steps: list[tuple[int, int, float, object]] = []
+    image = engine.generate(
+        "a cartoon avatar|blurry:-0.5",
+        width=32,
+        height=16,
+        iterations=4,
+        cutn=4,
+        seed=3,
+        display_every=2,
+        progress=lambda i, t, loss, im: steps.append((i, t, loss, im)),
+    )
+    assert image.size == (32, 16) and image.mode == "RGBA"
+    assert [(i, t) for i, t, _, _ in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert all(np.isfinite(loss) for _, _, loss, _ in steps)
+    shown = [im for _, _, _, im in steps]
+    assert shown[0] is None and shown[2] is None
+    assert shown[1].size == (32, 16) and shown[3].tobytes() == image.tobytes()
+    again = engine.generate("a cartoon avatar|blurry:-0.5", width=32, height=16, iterations=4, cutn=4, seed=3)
+    assert again.tobytes() == image.tobytes()
+    # text + image -> image, with an image prompt.
+    out = engine.generate("a smile", init_image=image, init_weight=0.5, image_prompts=[(image, 0.5)],
+                          width=16, height=16, iterations=2, cutn=2, augment=False, seed="bob")
+    assert out.size == (16, 16)
+
+
+def test_vqgan_clip_cancels_and_names_bad_options() -> None:
+    engine = _vqgan_clip()
+    seen: list[int] = []
+
+    def stop_after_two(i: int, t: int, loss: float, im: object) -> bool:
+        seen.append(i)
+        return i < 2
+
+    with pytest.raises(avatar.CancelledError):
+        engine.generate("x", width=16, height=16, iterations=50, cutn=2, progress=stop_after_two)
+    assert seen == [1, 2]
+    with pytest.raises(RuntimeError, match="boom"):
+        engine.generate("x", width=16, height=16, iterations=5, cutn=2,
+                        progress=lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    for kwargs, field in [
+        ({"iterations": 0}, "iterations"),
+        ({"width": 1}, "width"),
+        ({"cutn": 0}, "cutn"),
+        ({"step_size": -1.0}, "step_size"),
+    ]:
+        with pytest.raises(avatar.InvalidOptionError) as info:
+            engine.generate("x", **kwargs)
+        assert info.value.field == field
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        engine.generate(None)
+    assert info.value.field == "prompts"
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        engine.generate("x", init_image="not an image")
+    assert info.value.field == "init_image"
+    with pytest.raises(avatar.AvatarIOError):
+        avatar.VqganClip(VQGAN_CLIP / "vqgan.yaml", VQGAN_CLIP / "missing.ckpt", VQGAN_CLIP / "clip.safetensors",
+                         clip_config=VQGAN_CLIP / "clip_config.json")

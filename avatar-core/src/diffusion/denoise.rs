@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 
 use super::schedulers::Scheduler;
 use super::unet::{AddedConditioning, UNet2DConditionModel};
-use super::vae::AutoencoderKL;
+use super::vae::{AutoencoderKL, VaeConfig};
 use crate::avatar::Progress;
 use crate::error::{AvatarError, Result};
 
@@ -98,10 +98,27 @@ pub fn denoise(
 }
 
 /// Latents -> images in [0, 1] (`vae.decode(latents / scaling_factor)`, then `x / 2 + 0.5`
-/// clamped), as diffusers' image processor does before converting to 8 bits.
-pub fn decode_latents(vae: &AutoencoderKL, latents: Tensor<4>, scaling_factor: f64) -> Tensor<4> {
-    vae.decode(latents.div_scalar(scaling_factor))
-        .div_scalar(2.0)
-        .add_scalar(0.5)
-        .clamp(0.0, 1.0)
+/// clamped), as diffusers' image processor does before converting to 8 bits. With `tiled`, latents
+/// larger than one tile (`sample_size / 2^(levels - 1)`, 64 for SD 1.5) are decoded in overlapping
+/// tiles as diffusers' `enable_tiling` does.
+pub fn decode_latents(
+    vae: &AutoencoderKL,
+    config: &VaeConfig,
+    latents: Tensor<4>,
+    tiled: bool,
+) -> Tensor<4> {
+    let latents = latents.div_scalar(config.scaling_factor);
+    let levels = config.block_out_channels.len().saturating_sub(1);
+    let tile = config
+        .sample_size
+        .map(|size| size >> levels)
+        .filter(|&t| t > 0);
+    let [_, _, h, w] = latents.dims();
+    let decoded = match tile {
+        Some(tile) if tiled && (h > tile || w > tile) => {
+            vae.decode_tiled(latents, tile, 1 << levels, 0.25)
+        }
+        _ => vae.decode(latents),
+    };
+    decoded.div_scalar(2.0).add_scalar(0.5).clamp(0.0, 1.0)
 }

@@ -17,6 +17,7 @@ use super::vae::{AutoencoderKL, VaeConfig};
 use super::weights::read_config;
 use crate::avatar::Progress;
 use crate::error::{AvatarError, Result};
+use crate::imaging::{rgb_to_tensor, tensor_to_rgba};
 use crate::seed::{NormalStream, Seed};
 
 /// Most images per call.
@@ -388,8 +389,9 @@ impl StableDiffusion {
         )?;
         Ok(decode_latents(
             &self.vae,
+            &self.vae_config,
             latents,
-            self.vae_config.scaling_factor,
+            options.vae_tiling,
         ))
     }
 
@@ -479,8 +481,9 @@ impl StableDiffusion {
         )?;
         Ok(decode_latents(
             &self.vae,
+            &self.vae_config,
             latents,
-            self.vae_config.scaling_factor,
+            options.vae_tiling,
         ))
     }
 
@@ -495,7 +498,7 @@ impl StableDiffusion {
         options: &TextToImageOptions,
         progress: impl FnMut(Progress) -> bool,
     ) -> Result<Vec<RgbaImage>> {
-        to_rgba(self.text_to_image_tensor(options, progress)?)
+        tensor_to_rgba(self.text_to_image_tensor(options, progress)?)
     }
 
     /// RGBA images (opaque) from `image` (RGB(A), any size: resized to the nearest multiple of
@@ -520,43 +523,7 @@ impl StableDiffusion {
         } else {
             image::imageops::resize(image, w8, h8, image::imageops::FilterType::Lanczos3)
         };
-        let plane = (w8 * h8) as usize;
-        let mut values = vec![0f32; 3 * plane];
-        for (i, pixel) in image.pixels().enumerate() {
-            for c in 0..3 {
-                values[c * plane + i] = f32::from(pixel[c]) / 255.0;
-            }
-        }
-        let tensor = Tensor::from_data(
-            TensorData::new(values, [1, 3, h8 as usize, w8 as usize]),
-            &self.device,
-        );
-        to_rgba(self.image_to_image_tensor(tensor, strength, options, progress)?)
+        let tensor = rgb_to_tensor(&image, &self.device);
+        tensor_to_rgba(self.image_to_image_tensor(tensor, strength, options, progress)?)
     }
-}
-
-/// `[N, 3, H, W]` in [0, 1] -> opaque RGBA images (rounded like diffusers' `numpy_to_pil`).
-fn to_rgba(images: Tensor<4>) -> Result<Vec<RgbaImage>> {
-    let [n, _, h, w] = images.dims();
-    let values = images
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| AvatarError::Backend(format!("{e:?}")))?;
-    let plane = h * w;
-    Ok((0..n)
-        .map(|i| {
-            let image = &values[i * 3 * plane..(i + 1) * 3 * plane];
-            RgbaImage::from_fn(w as u32, h as u32, |x, y| {
-                let p = y as usize * w + x as usize;
-                let u8_of = |v: f32| (v * 255.0).round().clamp(0.0, 255.0) as u8;
-                image::Rgba([
-                    u8_of(image[p]),
-                    u8_of(image[plane + p]),
-                    u8_of(image[2 * plane + p]),
-                    255,
-                ])
-            })
-        })
-        .collect())
 }

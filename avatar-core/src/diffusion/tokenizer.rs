@@ -51,6 +51,9 @@ fn bytes_to_unicode() -> Vec<(u8, char)> {
         .collect()
 }
 
+/// OpenAI CLIP's BPE merges (MIT), as shipped in open_clip (`assets/README.md`).
+const OPENAI_BPE_GZ: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
+
 /// A CLIP BPE tokenizer.
 #[derive(Debug)]
 pub struct ClipTokenizer {
@@ -156,11 +159,24 @@ impl ClipTokenizer {
     /// Builds the real 49,408-token vocabulary from OpenAI's / open_clip's
     /// `bpe_simple_vocab_16e6.txt.gz`.
     pub fn from_bpe_gz(path: &Path, pad: &str) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| AvatarError::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| AvatarError::io(path, e))?;
+        Self::from_bpe_gz_bytes(&bytes, pad)
+            .map_err(|e| AvatarError::Weights(format!("{}: {e}", path.display())))
+    }
+
+    /// OpenAI CLIP's tokenizer from the vocabulary compiled into the library (open_clip's
+    /// `bpe_simple_vocab_16e6.txt.gz`), padding with `pad` (`"!"`, id 0, as open_clip does;
+    /// `"<|endoftext|>"` as SD1.5's transformers tokenizer does).
+    pub fn openai(pad: &str) -> Result<Self> {
+        Self::from_bpe_gz_bytes(OPENAI_BPE_GZ, pad)
+    }
+
+    /// [`ClipTokenizer::from_bpe_gz`] from the gzipped file's bytes.
+    pub fn from_bpe_gz_bytes(gz: &[u8], pad: &str) -> Result<Self> {
         let mut text = String::new();
-        flate2::read::GzDecoder::new(file)
+        flate2::read::GzDecoder::new(gz)
             .read_to_string(&mut text)
-            .map_err(|e| AvatarError::io(path, e))?;
+            .map_err(|e| AvatarError::Weights(format!("BPE vocabulary: {e}")))?;
         let merges: Vec<(String, String)> = text
             .lines()
             .skip(1)

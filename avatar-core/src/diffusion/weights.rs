@@ -6,8 +6,8 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::store::{
-    ApplyError, ChainAdapter, FloatCastAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
-    SafetensorsStore,
+    ApplyError, ApplyResult, ChainAdapter, FloatCastAdapter, ModuleSnapshot, ModuleStore,
+    PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
 };
 use burn::tensor::DType;
 use serde::de::DeserializeOwned;
@@ -21,6 +21,8 @@ pub struct KeyMap {
     pub remaps: Vec<(String, String)>,
     /// File keys ending with one of these suffixes are ignored (buffers the model does not need).
     pub ignore: Vec<String>,
+    /// File keys starting with one of these prefixes are ignored (e.g. a checkpoint's training loss).
+    pub ignore_prefixes: Vec<String>,
 }
 
 impl KeyMap {
@@ -34,6 +36,22 @@ impl KeyMap {
     pub fn ignore(mut self, suffix: &str) -> Self {
         self.ignore.push(suffix.to_owned());
         self
+    }
+
+    /// Ignores file keys starting with `prefix`.
+    pub fn ignore_prefix(mut self, prefix: &str) -> Self {
+        self.ignore_prefixes.push(prefix.to_owned());
+        self
+    }
+
+    fn ignores(&self, key: &str) -> bool {
+        self.ignore
+            .iter()
+            .any(|suffix| key.ends_with(suffix.as_str()))
+            || self
+                .ignore_prefixes
+                .iter()
+                .any(|prefix| key.starts_with(prefix.as_str()))
     }
 }
 
@@ -97,20 +115,54 @@ fn apply_strict<M: Module>(
     for (from, to) in &keys.remaps {
         store = store.with_key_remapping(from, to.clone());
     }
-    let mut module = module;
+    apply(module, &mut store, &file, keys)
+}
+
+/// Loads a PyTorch pickle (`.pt`, `.pth`, `.bin`, Lightning `.ckpt`) into `module`, strictly as
+/// [`load_strict`] does; `top_level_key` selects a nested dict such as Lightning's `state_dict`.
+/// Tensors are read in the file's dtype (f32 expected).
+pub fn load_strict_pytorch<M: Module>(
+    module: M,
+    path: &Path,
+    top_level_key: Option<&str>,
+    keys: &KeyMap,
+) -> Result<M> {
+    let file = path.display().to_string();
+    let mut store = PytorchStore::from_file(path)
+        .allow_partial(true)
+        .validate(false)
+        .map_indices_contiguous(false);
+    if let Some(key) = top_level_key {
+        store = store.with_top_level_key(key);
+    }
+    for (from, to) in &keys.remaps {
+        store = store.with_key_remapping(from, to.clone());
+    }
+    apply(module, &mut store, &file, keys)
+}
+
+fn apply<M: Module, S: ModuleStore>(
+    mut module: M,
+    store: &mut S,
+    file: &str,
+    keys: &KeyMap,
+) -> Result<M> {
     let result = module
-        .load_from(&mut store)
+        .load_from(store)
         .map_err(|e| AvatarError::Weights(format!("{file}: {e}")))?;
+    check_applied(result, file, keys)?;
+    Ok(module)
+}
+
+/// Turns a partial load's report into an error listing every missing, unexpected (not ignored)
+/// and mis-shaped tensor.
+fn check_applied(result: ApplyResult, file: &str, keys: &KeyMap) -> Result<()> {
+    let file = file.to_owned();
     let missing: Vec<String> = result.missing.iter().map(|(p, _)| p.clone()).collect();
     let unexpected: Vec<String> = result
         .unused
         .iter()
-        .filter(|k| {
-            !keys
-                .ignore
-                .iter()
-                .any(|suffix| k.ends_with(suffix.as_str()))
-        })
+        .filter(|k| !keys.ignores(k))
         .cloned()
         .collect();
     let mismatched: Vec<String> = result
@@ -130,7 +182,7 @@ fn apply_strict<M: Module>(
         })
         .collect();
     if missing.is_empty() && unexpected.is_empty() && mismatched.is_empty() {
-        Ok(module)
+        Ok(())
     } else {
         Err(AvatarError::WeightKeys {
             file,

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod tensors;
+
 use std::path::PathBuf;
 
 use avatar_core::dcgan::{Architecture, load_keras_generator};

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod health;
 pub mod metrics;
 pub mod tasks;
+pub mod vqgan;
 pub mod web;
 
 use axum::http::{HeaderValue, StatusCode, header};

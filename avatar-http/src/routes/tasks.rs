@@ -55,11 +55,11 @@ pub struct AvatarTaskRequest {
     key: Option<String>,
 }
 
-fn body_error(field: &'static str, message: impl Into<String>) -> ApiError {
+pub(crate) fn body_error(field: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(field, Location::Body, message)
 }
 
-fn text(
+pub(crate) fn text(
     body: &serde_json::Map<String, Value>,
     field: &'static str,
 ) -> Result<Option<String>, ApiError> {
@@ -70,7 +70,7 @@ fn text(
     }
 }
 
-fn integer(
+pub(crate) fn integer(
     body: &serde_json::Map<String, Value>,
     field: &'static str,
 ) -> Result<Option<u64>, ApiError> {

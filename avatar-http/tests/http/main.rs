@@ -7,3 +7,4 @@ mod auth;
 mod browser;
 mod common;
 mod tasks;
+mod vqgan;

@@ -13,7 +13,7 @@ from ._errors import (
     InvalidOptionError,
     WeightsError,
 )
-from ._native import MAX_BATCH, AvatarGenerator, StableDiffusion, __version__
+from ._native import MAX_BATCH, AvatarGenerator, StableDiffusion, VqganClip, __version__
 
 __all__ = [
     "MAX_BATCH",
@@ -24,6 +24,7 @@ __all__ = [
     "CancelledError",
     "InvalidOptionError",
     "StableDiffusion",
+    "VqganClip",
     "WeightsError",
     "__version__",
 ]

@@ -1,7 +1,7 @@
 """Type stubs of the Rust extension module."""
 
 from os import PathLike
-from typing import Callable, List, Literal, Optional, Union, overload
+from typing import Callable, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -106,3 +106,36 @@ class StableDiffusion:
         scheduler: Optional[str] = None,
         progress: Optional[Callable[[int, int], object]] = None,
     ) -> List[Image]: ...
+
+ImagePrompt = Union[Image, Tuple[Image, float], Tuple[Image, float, float]]
+
+class VqganClip:
+    """VQGAN+CLIP: optimises a taming VQGAN latent so that CLIP sees the prompts (seed 004)."""
+
+    def __init__(
+        self,
+        vqgan_config: Union[str, PathLike[str]],
+        vqgan_weights: Union[str, PathLike[str]],
+        clip_weights: Union[str, PathLike[str]],
+        clip_config: Optional[Union[str, PathLike[str]]] = None,
+        device: str = "cpu",
+    ) -> None: ...
+    @property
+    def factor(self) -> int: ...
+    def generate(
+        self,
+        prompt: Optional[str] = None,
+        image_prompts: Optional[Sequence[ImagePrompt]] = None,
+        init_image: Optional[Image] = None,
+        init_weight: float = 0.0,
+        width: int = 256,
+        height: int = 256,
+        iterations: int = 100,
+        step_size: float = 0.1,
+        cutn: int = 32,
+        cut_pow: float = 1.0,
+        augment: bool = True,
+        seed: Optional[Seed] = None,
+        display_every: int = 10,
+        progress: Optional[Callable[[int, int, float, Optional[Image]], object]] = None,
+    ) -> Image: ...

@@ -1,0 +1,48 @@
+//! Images <-> `[N, 3, H, W]` float tensors in [0, 1] (channel-first, as the models take them).
+
+use burn::tensor::{Device, Tensor, TensorData};
+use image::RgbaImage;
+
+use crate::error::{AvatarError, Result};
+
+/// An image's RGB channels as a `[1, 3, H, W]` tensor in [0, 1] (alpha is dropped).
+pub fn rgb_to_tensor(image: &RgbaImage, device: &Device) -> Tensor<4> {
+    let (w, h) = image.dimensions();
+    let plane = (w * h) as usize;
+    let mut values = vec![0f32; 3 * plane];
+    for (i, pixel) in image.pixels().enumerate() {
+        for c in 0..3 {
+            values[c * plane + i] = f32::from(pixel[c]) / 255.0;
+        }
+    }
+    Tensor::from_data(
+        TensorData::new(values, [1, 3, h as usize, w as usize]),
+        device,
+    )
+}
+
+/// `[N, 3, H, W]` in [0, 1] -> opaque RGBA images (rounded like diffusers' `numpy_to_pil`).
+pub fn tensor_to_rgba(images: Tensor<4>) -> Result<Vec<RgbaImage>> {
+    let [n, _, h, w] = images.dims();
+    let values = images
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| AvatarError::Backend(format!("{e:?}")))?;
+    let plane = h * w;
+    Ok((0..n)
+        .map(|i| {
+            let image = &values[i * 3 * plane..(i + 1) * 3 * plane];
+            RgbaImage::from_fn(w as u32, h as u32, |x, y| {
+                let p = y as usize * w + x as usize;
+                let u8_of = |v: f32| (v * 255.0).round().clamp(0.0, 255.0) as u8;
+                image::Rgba([
+                    u8_of(image[p]),
+                    u8_of(image[plane + p]),
+                    u8_of(image[2 * plane + p]),
+                    255,
+                ])
+            })
+        })
+        .collect())
+}
