@@ -117,7 +117,6 @@ pub struct Config {
     #[arg(long, env = "AVATAR_PUBLIC_URL")]
     pub public_url: Option<String>,
 
-    /// Log format.
     /// VQGAN+CLIP (seed 004): taming's model yaml.
     #[arg(long, env = "AVATAR_VQGAN_CONFIG")]
     pub vqgan_config: Option<PathBuf>,
@@ -134,6 +133,32 @@ pub struct Config {
     #[arg(long, env = "AVATAR_VQGAN_QUEUE_CAPACITY", default_value_t = 8)]
     pub vqgan_queue_capacity: usize,
 
+    /// Text-to-image (seed 003's `POST /generate-image`): a diffusers folder (SD 1.5 or SDXL).
+    #[arg(long, env = "AVATAR_SD_MODEL")]
+    pub sd_model: Option<PathBuf>,
+    /// Where seed 003's numbered images are kept (default: `<data dir>/gallery`).
+    #[arg(long, env = "AVATAR_GALLERY_DIR")]
+    pub gallery_dir: Option<PathBuf>,
+    /// Seed 003's default width in pixels (default: the model's native size).
+    #[arg(long, env = "AVATAR_SD_WIDTH")]
+    pub sd_width: Option<u32>,
+    /// Seed 003's default height in pixels (default: the model's native size).
+    #[arg(long, env = "AVATAR_SD_HEIGHT")]
+    pub sd_height: Option<u32>,
+    /// Seed 003's default denoising steps.
+    #[arg(long, env = "AVATAR_SD_STEPS", default_value_t = 30)]
+    pub sd_steps: usize,
+    /// Seed 003's default classifier-free guidance.
+    #[arg(long, env = "AVATAR_SD_GUIDANCE_SCALE", default_value_t = 7.5)]
+    pub sd_guidance_scale: f64,
+    /// How much of a `reference_image` is redrawn by default (0: kept, 1: replaced).
+    #[arg(long, env = "AVATAR_SD_REFERENCE_STRENGTH", default_value_t = 0.6)]
+    pub sd_reference_strength: f64,
+    /// Seed 003 requests allowed to wait while one image is drawn.
+    #[arg(long, env = "AVATAR_SD_QUEUE_CAPACITY", default_value_t = 4)]
+    pub sd_queue_capacity: usize,
+
+    /// Log format.
     #[arg(long, env = "AVATAR_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
@@ -174,7 +199,7 @@ impl Config {
         PathBuf::from("avatar-data")
     }
 
-    /// Whether requests must carry a token.
+    /// The VQGAN+CLIP model files, when all are given.
     pub fn vqgan_paths(&self) -> Option<crate::vqgan::VqganModelPaths> {
         Some(crate::vqgan::VqganModelPaths {
             vqgan_config: self.vqgan_config.clone()?,
@@ -184,6 +209,19 @@ impl Config {
         })
     }
 
+    /// Seed 003's request defaults from the `--sd-*` flags.
+    pub fn text_to_image_defaults(&self) -> crate::gallery::TextToImageDefaults {
+        crate::gallery::TextToImageDefaults {
+            width: self.sd_width,
+            height: self.sd_height,
+            steps: self.sd_steps,
+            guidance_scale: self.sd_guidance_scale,
+            reference_strength: self.sd_reference_strength,
+            queue_capacity: self.sd_queue_capacity,
+        }
+    }
+
+    /// Whether requests must carry a token.
     pub fn auth_required(&self) -> bool {
         !self.no_auth && !self.auth_tokens.is_empty()
     }
@@ -212,6 +250,12 @@ impl Config {
             return Err(
                 "VQGAN+CLIP needs all of --vqgan-config, --vqgan-weights and --clip-weights".into(),
             );
+        }
+        if !(self.sd_reference_strength > 0.0 && self.sd_reference_strength <= 1.0) {
+            return Err(format!(
+                "--sd-reference-strength {} is outside (0, 1]",
+                self.sd_reference_strength
+            ));
         }
         if let Some(url) = &self.public_url {
             reqwest::Url::parse(url).map_err(|e| format!("--public-url {url:?}: {e}"))?;

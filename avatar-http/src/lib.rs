@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod gallery;
 pub mod inference;
 pub mod metrics;
 pub mod models;
@@ -92,6 +93,15 @@ pub fn router(app: AppState) -> Router {
             get(routes::vqgan::progress_image),
         )
         .route("/text2img/{id}/image", get(routes::vqgan::image))
+        .route("/images/{file}", get(routes::scenes::scene_image))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            auth::require,
+        ));
+    // Drawing with Stable Diffusion takes minutes on a CPU: outside the request timeout (a
+    // client that disconnects stops the drawing instead).
+    let long_running = Router::new()
+        .route("/generate-image", post(routes::scenes::generate_scene))
         .route_layer(axum::middleware::from_fn_with_state(auth, auth::require));
     let public = Router::new()
         .route("/", get(routes::web::index))
@@ -116,10 +126,14 @@ pub fn router(app: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn_with_state(app.metrics.clone(), routes::metrics::track))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
         .layer(DefaultBodyLimit::max(app.config.body_limit));
     public
         .merge(protected)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .merge(long_running)
         .fallback(routes::not_found)
         .with_state(app)
         .layer(layers)
@@ -241,6 +255,23 @@ impl Server {
             }
             None => None,
         };
+        let scenes = match &config.sd_model {
+            Some(model) => {
+                let (model, device) = (model.clone(), config.device);
+                let gallery = config
+                    .gallery_dir
+                    .clone()
+                    .unwrap_or_else(|| config.resolved_data_dir().join("gallery"));
+                let defaults = config.text_to_image_defaults();
+                let service = tokio::task::spawn_blocking(move || {
+                    crate::gallery::TextToImageService::load(&model, &gallery, device, defaults)
+                })
+                .await??;
+                tracing::info!(images = service.gallery().len(), "text-to-image ready");
+                Some(Arc::new(service))
+            }
+            None => None,
+        };
         let app: AppState = Arc::new(App {
             config,
             catalog,
@@ -249,6 +280,7 @@ impl Server {
             dcgan: dcgan_lane,
             metrics,
             vqgan,
+            scenes,
             openapi_json: openapi::render(),
             bound_url,
         });

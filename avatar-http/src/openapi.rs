@@ -33,6 +33,8 @@ use crate::routes;
         routes::vqgan::progress_image,
         routes::vqgan::image,
         routes::vqgan::cancel,
+        routes::scenes::generate_scene,
+        routes::scenes::scene_image,
     ),
     components(schemas(
         crate::error::ErrorBody,
@@ -45,12 +47,14 @@ use crate::routes;
         crate::routes::vqgan::RunStarted,
         crate::vqgan::RunView,
         crate::vqgan::RunStatus,
+        crate::routes::scenes::SceneImage,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "avatars", description = "Draw avatars synchronously"),
         (name = "tasks", description = "Long-running work: queue, poll, cancel, download, webhooks"),
         (name = "service", description = "Health and metrics"),
+        (name = "images", description = "Seed 003: Stable Diffusion images by prompt, numbered so that a later request can keep a character (`reference_image`)"),
         (name = "vqgan-clip", description = "Seed 004: VQGAN+CLIP runs with a progress bar and progress images"),
     )
 )]

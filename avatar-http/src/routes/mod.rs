@@ -5,6 +5,7 @@ pub mod docs;
 pub mod generate;
 pub mod health;
 pub mod metrics;
+pub mod scenes;
 pub mod tasks;
 pub mod vqgan;
 pub mod web;

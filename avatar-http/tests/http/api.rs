@@ -292,11 +292,19 @@ async fn bad_values_are_422s_that_name_the_field_and_the_allowed_values() {
     assert_eq!(missing.json::<Value>().await.unwrap()["error"], "not_found");
     let method = s
         .client
-        .post(format!("{}/generate-image", s.url))
+        .put(format!("{}/generate-image", s.url))
         .send()
         .await
         .unwrap();
     assert_eq!(method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // POST is seed 003's text-to-image, unavailable without --sd-model.
+    let post = s
+        .client
+        .post(format!("{}/generate-image", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::SERVICE_UNAVAILABLE);
     s.stop().await;
 }
 

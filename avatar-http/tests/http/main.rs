@@ -6,5 +6,6 @@ mod api;
 mod auth;
 mod browser;
 mod common;
+mod scenes;
 mod tasks;
 mod vqgan;

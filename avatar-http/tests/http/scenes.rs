@@ -1,0 +1,203 @@
+//! Seed 003 over HTTP with the tiny Stable Diffusion of avatar-core's fixtures: `POST
+//! /generate-image` `{prompt}` -> `{image_url}`, numbered images kept across restarts, a
+//! reference image by counter, FastAPI-style `{detail}` errors.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::common::{TestServer, config, temp_dir};
+
+fn sd_config(gallery: &std::path::Path) -> avatar_http::Config {
+    let mut config = config();
+    config.sd_model = Some(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../avatar-core/tests/fixtures/diffusion/sd15_tiny"),
+    );
+    config.gallery_dir = Some(gallery.to_path_buf());
+    config.sd_steps = 3;
+    config
+}
+
+async fn generate(s: &TestServer, body: Value) -> (u16, Value) {
+    let response = s.post_json("/generate-image", &body).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn png(s: &TestServer, url: &str) -> Vec<u8> {
+    let path = url
+        .strip_prefix(&s.url)
+        .expect("an absolute URL on this server");
+    let response = s.get(path).await;
+    assert_eq!(response.status(), 200, "{url}");
+    assert_eq!(response.headers()["content-type"], "image/png");
+    response.bytes().await.unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prompts_become_numbered_images_and_a_reference_keeps_the_character() {
+    let gallery = temp_dir();
+    let s = TestServer::start(sd_config(gallery.path())).await;
+    let (status, first) = generate(&s, json!({"prompt": "a girl with short red hair"})).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["image_id"], 0);
+    let url = first["image_url"].as_str().unwrap();
+    assert!(url.ends_with("/images/0.png"), "{url}");
+    let image = image::load_from_memory(&png(&s, url).await).unwrap();
+    assert_eq!(
+        (image.width(), image.height()),
+        (32, 32),
+        "the model's native size"
+    );
+
+    // The same seed redraws the same image; the next counter is used each time.
+    let seed = first["seed"].as_u64().unwrap();
+    let (_, again) = generate(
+        &s,
+        json!({"prompt": "a girl with short red hair", "seed": seed}),
+    )
+    .await;
+    assert_eq!(again["image_id"], 1);
+    assert_eq!(
+        png(&s, url).await,
+        png(&s, again["image_url"].as_str().unwrap()).await
+    );
+
+    // A reference image: the new image starts from image 0.
+    let (status, scene) = generate(
+        &s,
+        json!({"prompt": "the same girl holding an umbrella", "reference_image": 0,
+               "reference_strength": 0.5, "width": 48, "height": 40, "seed": 9}),
+    )
+    .await;
+    assert_eq!(status, 200, "{scene}");
+    assert_eq!(scene["image_id"], 2);
+    let drawn =
+        image::load_from_memory(&png(&s, scene["image_url"].as_str().unwrap()).await).unwrap();
+    assert_eq!(
+        (drawn.width(), drawn.height()),
+        (32, 32),
+        "image-to-image keeps the reference's size"
+    );
+
+    // The DCGAN's GET /generate-image still answers beside seed 003's POST.
+    assert_eq!(s.get("/generate-image?size=small").await.status(), 200);
+    s.stop().await;
+
+    // Numbering continues after a restart on the same gallery.
+    let s = TestServer::start(sd_config(gallery.path())).await;
+    let (_, next) = generate(&s, json!({"prompt": "a cat", "num_inference_steps": 2})).await;
+    assert_eq!(next["image_id"], 3);
+    assert_eq!(s.get("/images/0.png").await.status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_fastapi_detail_bodies() {
+    let gallery = temp_dir();
+    let s = TestServer::start(sd_config(gallery.path())).await;
+    for (body, field) in [
+        (json!({}), "prompt"),
+        (json!({"prompt": "  "}), "prompt"),
+        (json!({"prompt": 3}), "prompt"),
+        (json!({"prompt": "x", "width": 20}), "width"),
+        (
+            json!({"prompt": "x", "num_inference_steps": 0}),
+            "num_inference_steps",
+        ),
+        (
+            json!({"prompt": "x", "guidance_scale": "high"}),
+            "guidance_scale",
+        ),
+        (
+            json!({"prompt": "x", "reference_image": -1}),
+            "reference_image",
+        ),
+    ] {
+        let (status, error) = generate(&s, body.clone()).await;
+        assert_eq!(status, 422, "{body}: {error}");
+        assert_eq!(
+            error["detail"][0]["loc"],
+            json!(["body", field]),
+            "{body}: {error}"
+        );
+        assert!(
+            error["detail"][0]["msg"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let response = s
+        .client
+        .post(format!("{}/generate-image", s.url))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let (status, error) = generate(&s, json!({"prompt": "x", "reference_image": 5})).await;
+    assert_eq!(status, 404);
+    assert!(
+        error["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no image was generated yet"),
+        "{error}"
+    );
+    generate(&s, json!({"prompt": "x"})).await;
+    let (status, error) = generate(
+        &s,
+        json!({"prompt": "x", "reference_image": 0, "reference_strength": 0}),
+    )
+    .await;
+    assert_eq!(
+        (status, error["detail"][0]["loc"][1].as_str()),
+        (422, Some("reference_strength"))
+    );
+    let (_, error) = generate(&s, json!({"prompt": "x", "reference_image": 7})).await;
+    assert!(
+        error["detail"]
+            .as_str()
+            .unwrap()
+            .contains("numbered 0 to 0"),
+        "{error}"
+    );
+    assert_eq!(s.get("/images/7.png").await.status(), 404);
+    assert_eq!(s.get("/images/abc").await.status(), 404);
+    s.stop().await;
+
+    let plain = TestServer::start(config()).await;
+    let (status, error) = generate(&plain, json!({"prompt": "x"})).await;
+    assert_eq!(status, 503);
+    assert!(
+        error["detail"].as_str().unwrap().contains("--sd-model"),
+        "{error}"
+    );
+    plain.stop().await;
+}
+
+/// Drawing is exempt from `--request-timeout` (it takes minutes with a real model on a CPU);
+/// the other routes keep it.
+#[tokio::test(flavor = "multi_thread")]
+async fn drawing_outlasts_the_request_timeout() {
+    let gallery = temp_dir();
+    let mut config = sd_config(gallery.path());
+    config.request_timeout_secs = 1;
+    let s = TestServer::start(config).await;
+    let started = std::time::Instant::now();
+    let (status, body) = generate(
+        &s,
+        json!({"prompt": "x", "num_inference_steps": 60, "width": 64, "height": 64}),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    eprintln!("60 steps at 64 px took {took:?}");
+    assert!(
+        took > std::time::Duration::from_secs(1),
+        "the check needs a drawing longer than the timeout ({took:?})"
+    );
+    s.stop().await;
+}
