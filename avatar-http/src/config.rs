@@ -158,6 +158,19 @@ pub struct Config {
     #[arg(long, env = "AVATAR_SD_QUEUE_CAPACITY", default_value_t = 4)]
     pub sd_queue_capacity: usize,
 
+    /// Let image URLs reach private, loopback and link-local addresses (off: SSRF protection).
+    #[arg(long, env = "AVATAR_FETCH_ALLOW_PRIVATE")]
+    pub fetch_allow_private: bool,
+    /// Largest image input (download or base64), bytes.
+    #[arg(long, env = "AVATAR_FETCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub fetch_max_bytes: usize,
+    /// Largest image input, pixels (checked before decoding).
+    #[arg(long, env = "AVATAR_FETCH_MAX_PIXELS", default_value_t = 4096 * 4096)]
+    pub fetch_max_pixels: u64,
+    /// Time allowed to download one image input, seconds.
+    #[arg(long, env = "AVATAR_FETCH_TIMEOUT", default_value_t = 15)]
+    pub fetch_timeout_secs: u64,
+
     /// Log format.
     #[arg(long, env = "AVATAR_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -207,6 +220,17 @@ impl Config {
             clip_weights: self.clip_weights.clone()?,
             clip_config: self.clip_config.clone(),
         })
+    }
+
+    /// The limits of image inputs given by URL or data URI.
+    pub fn fetch_limits(&self) -> crate::fetch::FetchLimits {
+        crate::fetch::FetchLimits {
+            max_bytes: self.fetch_max_bytes,
+            max_pixels: self.fetch_max_pixels,
+            timeout: Duration::from_secs(self.fetch_timeout_secs.max(1)),
+            max_redirects: 5,
+            allow_private: self.fetch_allow_private,
+        }
     }
 
     /// Seed 003's request defaults from the `--sd-*` flags.

@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod fetch;
 pub mod gallery;
 pub mod inference;
 pub mod metrics;
@@ -80,7 +81,8 @@ pub fn router(app: AppState) -> Router {
         .route(
             "/textimg2img",
             post(routes::vqgan::textimg2img).layer(DefaultBodyLimit::max(
-                routes::vqgan::MAX_IMAGE_BYTES + 64 * 1024,
+                // base64 is 4/3 of the image's bytes.
+                app.config.fetch_max_bytes / 3 * 4 + 64 * 1024,
             )),
         )
         .route(
@@ -255,6 +257,7 @@ impl Server {
             }
             None => None,
         };
+        let fetcher = crate::fetch::ImageFetcher::new(config.fetch_limits())?;
         let scenes = match &config.sd_model {
             Some(model) => {
                 let (model, device) = (model.clone(), config.device);
@@ -281,6 +284,7 @@ impl Server {
             metrics,
             vqgan,
             scenes,
+            fetcher,
             openapi_json: openapi::render(),
             bound_url,
         });

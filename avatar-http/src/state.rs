@@ -30,6 +30,8 @@ pub struct App {
     pub openapi_json: String,
     /// VQGAN+CLIP runs (seed 004), when its models are configured.
     pub vqgan: Option<crate::vqgan::VqganService>,
+    /// Reads image inputs given by URL or data URI (SSRF-safe, capped).
+    pub fetcher: crate::fetch::ImageFetcher,
     /// Seed 003's text-to-image and its numbered gallery, when `--sd-model` is given.
     pub scenes: Option<Arc<crate::gallery::TextToImageService>>,
     /// `http://<bound address>`, the fallback base of absolute links.

@@ -8,7 +8,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -20,11 +19,6 @@ use crate::error::{ApiError, ErrorBody, Location};
 use crate::routes::tasks::{body_error, integer, text};
 use crate::state::AppState;
 use crate::vqgan::{RunStatus, RunView, SubmitError, VqganService};
-
-/// Largest encoded init image accepted (base64 text), bytes.
-pub const MAX_IMAGE_BYTES: usize = 8 * 1024 * 1024;
-/// Largest decoded init image, pixels.
-pub const MAX_IMAGE_PIXELS: u64 = 4096 * 4096;
 
 /// A started run and where to follow it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -64,63 +58,22 @@ fn number(
     }
 }
 
-/// Decodes a base64 image (raw or `data:image/...;base64,` URI) with size and pixel caps.
-pub fn decode_image(field: &'static str, text: &str) -> Result<image::RgbaImage, ApiError> {
-    if text.starts_with("http://") || text.starts_with("https://") {
-        return Err(body_error(
-            field,
-            "image URLs are not fetched by this endpoint; send the image as base64 or a data URI",
-        ));
-    }
-    let payload = match text.strip_prefix("data:") {
-        Some(rest) => match rest.split_once(',') {
-            Some((meta, data)) if meta.ends_with(";base64") && meta.starts_with("image/") => data,
-            _ => {
-                return Err(body_error(
-                    field,
-                    "a data URI must be data:image/...;base64,...",
-                ));
-            }
-        },
-        None => text,
-    };
-    if payload.len() > MAX_IMAGE_BYTES {
-        return Err(body_error(
-            field,
-            format!(
-                "{} bytes of base64 exceed the {MAX_IMAGE_BYTES}-byte limit",
-                payload.len()
-            ),
-        ));
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(payload.trim())
-        .map_err(|e| body_error(field, format!("not valid base64: {e}")))?;
-    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| body_error(field, format!("unreadable image: {e}")))?;
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| body_error(field, format!("not an image: {e}")))?;
-    if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
-        return Err(body_error(
-            field,
-            format!("{w}x{h} has more than {MAX_IMAGE_PIXELS} pixels"),
-        ));
-    }
-    let image = image::load_from_memory(&bytes)
-        .map_err(|e| body_error(field, format!("not an image: {e}")))?;
-    Ok(image.to_rgba8())
-}
-
-/// Reads the JSON body of both start endpoints; `with_image` requires `image`.
-pub fn parse_run(bytes: &[u8], with_image: bool) -> Result<RunOptions, ApiError> {
+/// The JSON object of a request body.
+pub fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| body_error("body", format!("invalid JSON: {e}")))?;
-    let Value::Object(body) = value else {
-        return Err(body_error("body", "must be a JSON object"));
-    };
-    let prompt = text(&body, "prompt")?.ok_or_else(|| body_error("prompt", "is required"))?;
+    match value {
+        Value::Object(body) => Ok(body),
+        _ => Err(body_error("body", "must be a JSON object")),
+    }
+}
+
+/// Reads the fields of both start endpoints; `init_image` is the decoded `image`.
+pub fn parse_run(
+    body: &serde_json::Map<String, Value>,
+    init_image: Option<image::RgbaImage>,
+) -> Result<RunOptions, ApiError> {
+    let prompt = text(body, "prompt")?.ok_or_else(|| body_error("prompt", "is required"))?;
     let prompts = PromptSpec::parse_list(&prompt).map_err(|e| match e {
         avatar_core::AvatarError::InvalidOption { message, .. } => body_error("prompt", message),
         other => ApiError::from_core(other, Location::Body),
@@ -129,9 +82,9 @@ pub fn parse_run(bytes: &[u8], with_image: bool) -> Result<RunOptions, ApiError>
         return Err(body_error("prompt", "is empty"));
     }
     let defaults = RunOptions::default();
-    let size = integer(&body, "size")?.map(|s| s as usize);
-    let width = integer(&body, "width")?.map(|s| s as usize);
-    let height = integer(&body, "height")?.map(|s| s as usize);
+    let size = integer(body, "size")?.map(|s| s as usize);
+    let width = integer(body, "width")?.map(|s| s as usize);
+    let height = integer(body, "height")?.map(|s| s as usize);
     let seed = match body.get("seed") {
         None | Some(Value::Null) => Seed::random(),
         Some(Value::String(s)) => Seed::from(s.as_str()),
@@ -139,25 +92,17 @@ pub fn parse_run(bytes: &[u8], with_image: bool) -> Result<RunOptions, ApiError>
             .map_err(|e| ApiError::from_core(e, Location::Body))?,
         Some(_) => return Err(body_error("seed", "must be a string or an integer")),
     };
-    if !with_image && body.contains_key("image") {
-        return Err(body_error("image", "belongs to /textimg2img"));
-    }
-    let init_image = match text(&body, "image")? {
-        Some(data) => Some(decode_image("image", &data)?),
-        None if with_image => return Err(body_error("image", "is required")),
-        None => None,
-    };
     Ok(RunOptions {
         prompts,
         init_image,
-        init_weight: number(&body, "init_weight")?.unwrap_or(0.0) as f32,
+        init_weight: number(body, "init_weight")?.unwrap_or(0.0) as f32,
         width: width.or(size).unwrap_or(defaults.width),
         height: height.or(size).unwrap_or(defaults.height),
-        iterations: integer(&body, "iterations")?.map_or(defaults.iterations, |n| n as usize),
-        step_size: number(&body, "step_size")?.unwrap_or(defaults.step_size),
-        cutn: integer(&body, "cutn")?.map_or(defaults.cutn, |n| n as usize),
-        cut_pow: number(&body, "cut_pow")?.unwrap_or(defaults.cut_pow),
-        display_every: integer(&body, "display_every")?
+        iterations: integer(body, "iterations")?.map_or(defaults.iterations, |n| n as usize),
+        step_size: number(body, "step_size")?.unwrap_or(defaults.step_size),
+        cutn: integer(body, "cutn")?.map_or(defaults.cutn, |n| n as usize),
+        cut_pow: number(body, "cut_pow")?.unwrap_or(defaults.cut_pow),
+        display_every: integer(body, "display_every")?
             .map_or(defaults.display_every, |n| n as usize),
         seed: Some(seed),
         ..defaults
@@ -171,9 +116,20 @@ async fn start(
     with_image: bool,
 ) -> Result<Response, ApiError> {
     let service = service(&app)?.clone();
-    let options = tokio::task::spawn_blocking(move || parse_run(&body, with_image))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let body = json_object(&body)?;
+    let image = text(&body, "image")?;
+    let init_image = match (image, with_image) {
+        (Some(_), false) => return Err(body_error("image", "belongs to /textimg2img")),
+        (None, true) => return Err(body_error("image", "is required")),
+        (None, false) => None,
+        (Some(input), true) => Some(
+            app.fetcher
+                .load(&input, true)
+                .await
+                .map_err(|e| body_error("image", e.0))?,
+        ),
+    };
+    let options = parse_run(&body, init_image)?;
     let total = options.iterations;
     let id = service.submit(options).map_err(|e| match e {
         SubmitError::Busy(_) => ApiError::Busy {
@@ -219,7 +175,7 @@ pub async fn text2img(
 
 /// Starts a text + image -> image run from `image` (base64 or a data URI).
 #[utoipa::path(post, path = "/textimg2img", tag = "vqgan-clip",
-    request_body(content = Object, description = "The fields of /text2img plus `image` (base64 or data URI) and `init_weight`"),
+    request_body(content = Object, description = "The fields of /text2img plus `image` (an http(s) URL, a data URI or base64) and `init_weight`"),
     responses(
         (status = 202, description = "Started", body = RunStarted),
         (status = 422, description = "A field is invalid", body = ErrorBody),

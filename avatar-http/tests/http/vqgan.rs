@@ -188,7 +188,9 @@ async fn bad_requests_are_4xx_json_and_an_unconfigured_server_says_which_flags_t
     for (image, why) in [
         ("aGVsbG8=", "not an image"),
         ("%%%", "base64"),
-        ("https://example.com/a.png", "URLs"),
+        ("http://127.0.0.1:9/a.png", "not a public address"),
+        ("http://localhost:9/a.png", "non-public"),
+        ("file:///etc/passwd", "only http"),
     ] {
         let response = s
             .post_json("/textimg2img", &json!({"prompt": "x", "image": image}))
