@@ -39,6 +39,12 @@ export declare class StableDiffusion {
    * `onProgress` after each step; `signal` cancels between steps.
    */
   textToImage(options: TextToImageOptions, onProgress?: ((progress: Progress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
+  /**
+   * Seed 001's face avatars (PNG buffers) from a reference photo (`options.image`, encoded);
+   * `prompt` omitted uses the default avatar prompt with `gender`; ranges as the seed (batch
+   * 1-8, sides 256-1536, steps 1-50, guidance 1-30).
+   */
+  faceAvatar(options: FaceAvatarOptions, onProgress?: ((progress: Progress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
 }
 
 /** A VQGAN+CLIP engine (taming VQGAN + open_clip CLIP) that optimises images towards prompts. */
@@ -72,6 +78,36 @@ export interface BatchOptions {
   outputSize?: number
   /** See `GenerateOptions.format`. */
   format?: string
+}
+
+/** Options of `StableDiffusion.faceAvatar` (seed 001's names, camelCase). */
+export interface FaceAvatarOptions {
+  /** The reference photo, encoded (PNG/JPEG/WebP). */
+  image: Buffer
+  /** The prompt (omitted: the default avatar prompt with `gender`). */
+  prompt?: string
+  /** `male`, `female` or any word for the default prompt. */
+  gender?: string
+  /** Images (1-8, default 1). */
+  batch?: number
+  /** Width (256-1536, default 512). */
+  width?: number
+  /** Height (256-1536, default 512). */
+  height?: number
+  /** Denoising steps actually run (1-50, default 30). */
+  numInferenceSteps?: number
+  /** Guidance (1-30, default 7.5). */
+  guidanceScale?: number
+  /** What to avoid. */
+  negativePrompt?: string
+  /** How much of the reference is redrawn (0-1, default 0.6). */
+  strength?: number
+  /** Key out the plain background. */
+  removeBackground?: boolean
+  /** Composite onto this colour (`#rrggbb`). */
+  bgColor?: string
+  /** Seed: an integer or any string. */
+  seed?: number | string
 }
 
 /**

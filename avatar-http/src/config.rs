@@ -136,6 +136,10 @@ pub struct Config {
     /// Text-to-image (seed 003's `POST /generate-image`): a diffusers folder (SD 1.5 or SDXL).
     #[arg(long, env = "AVATAR_SD_MODEL")]
     pub sd_model: Option<PathBuf>,
+    /// More Stable Diffusion models for seed 001's `app_id`, as `ID=DIR` (repeatable; the
+    /// `--sd-model` one is `default`).
+    #[arg(long = "sd-app", env = "AVATAR_SD_APPS", value_delimiter = ',')]
+    pub sd_apps: Vec<String>,
     /// Where seed 003's numbered images are kept (default: `<data dir>/gallery`).
     #[arg(long, env = "AVATAR_GALLERY_DIR")]
     pub gallery_dir: Option<PathBuf>,
@@ -233,6 +237,25 @@ impl Config {
         }
     }
 
+    /// Every configured Stable Diffusion model as `(app_id, folder)`.
+    pub fn diffusion_apps(&self) -> Result<Vec<(String, PathBuf)>, String> {
+        let mut apps = Vec::new();
+        if let Some(model) = &self.sd_model {
+            apps.push(("default".to_string(), model.clone()));
+        }
+        for entry in &self.sd_apps {
+            let (id, dir) = entry
+                .split_once('=')
+                .filter(|(id, dir)| !id.trim().is_empty() && !dir.trim().is_empty())
+                .ok_or_else(|| format!("--sd-app {entry:?}: expected ID=DIR"))?;
+            if apps.iter().any(|(known, _)| known == id.trim()) {
+                return Err(format!("--sd-app: {:?} is configured twice", id.trim()));
+            }
+            apps.push((id.trim().to_string(), PathBuf::from(dir.trim())));
+        }
+        Ok(apps)
+    }
+
     /// Seed 003's request defaults from the `--sd-*` flags.
     pub fn text_to_image_defaults(&self) -> crate::gallery::TextToImageDefaults {
         crate::gallery::TextToImageDefaults {
@@ -275,6 +298,7 @@ impl Config {
                 "VQGAN+CLIP needs all of --vqgan-config, --vqgan-weights and --clip-weights".into(),
             );
         }
+        self.diffusion_apps()?;
         if !(self.sd_reference_strength > 0.0 && self.sd_reference_strength <= 1.0) {
             return Err(format!(
                 "--sd-reference-strength {} is outside (0, 1]",

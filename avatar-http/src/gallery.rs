@@ -147,20 +147,16 @@ impl Drop for Waiting {
 }
 
 impl TextToImageService {
-    /// Loads a diffusers folder (blocking) and opens the gallery.
-    pub fn load(
-        model: &Path,
+    /// Serves `pipeline` and opens the gallery.
+    pub fn new(
+        pipeline: Arc<StableDiffusion>,
         gallery: &Path,
-        device: avatar_core::DeviceSpec,
         defaults: TextToImageDefaults,
     ) -> Result<Self, String> {
-        let device = device.device().map_err(|e| e.to_string())?;
-        let pipeline = StableDiffusion::load(model, &device)
-            .map_err(|e| format!("Stable Diffusion model {}: {e}", model.display()))?;
         let gallery =
             Gallery::open(gallery).map_err(|e| format!("gallery {}: {e}", gallery.display()))?;
         Ok(TextToImageService {
-            pipeline: Arc::new(pipeline),
+            pipeline,
             gallery: Arc::new(gallery),
             defaults,
             drawing: Arc::new(Mutex::new(())),

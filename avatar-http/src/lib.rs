@@ -51,6 +51,7 @@ use crate::metrics::Metrics;
 use crate::models::ModelCatalog;
 use crate::state::{App, AppState};
 use crate::tasks::dcgan::{self, DcganBatchJob, DcganModels};
+use crate::tasks::face_avatar::{self, DiffusionApps, FaceAvatarJob};
 use crate::tasks::webhook::{WebhookConfig, WebhookDispatcher};
 use crate::tasks::{DiskStore, Job, MemoryStore, TaskManager, TaskStore};
 
@@ -96,6 +97,11 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/text2img/{id}/image", get(routes::vqgan::image))
         .route("/images/{file}", get(routes::scenes::scene_image))
+        .route(
+            "/getImageToImage/{task_id}",
+            get(routes::face_avatar::task_status),
+        )
+        .route("/models", get(routes::face_avatar::models))
         .route_layer(axum::middleware::from_fn_with_state(
             auth.clone(),
             auth::require,
@@ -104,6 +110,12 @@ pub fn router(app: AppState) -> Router {
     // client that disconnects stops the drawing instead).
     let long_running = Router::new()
         .route("/generate-image", post(routes::scenes::generate_scene))
+        .route(
+            "/getImageToImage",
+            post(routes::face_avatar::get_image_to_image).layer(DefaultBodyLimit::max(
+                app.config.fetch_max_bytes / 3 * 4 + 64 * 1024,
+            )),
+        )
         .route_layer(axum::middleware::from_fn_with_state(auth, auth::require));
     let public = Router::new()
         .route("/", get(routes::web::index))
@@ -236,6 +248,43 @@ impl Server {
                 base_url: webhook_base.trim_end_matches('/').to_string(),
             },
         );
+        let diffusion = {
+            let (apps, device) = (config.diffusion_apps()?, config.device);
+            tokio::task::spawn_blocking(move || DiffusionApps::load(&apps, device)).await??
+        };
+        let scenes = match diffusion.get("default") {
+            Some(pipeline) => {
+                let gallery = config
+                    .gallery_dir
+                    .clone()
+                    .unwrap_or_else(|| config.resolved_data_dir().join("gallery"));
+                let service = crate::gallery::TextToImageService::new(
+                    pipeline.clone(),
+                    &gallery,
+                    config.text_to_image_defaults(),
+                )?;
+                tracing::info!(images = service.gallery().len(), "text-to-image ready");
+                Some(Arc::new(service))
+            }
+            None => None,
+        };
+        let face_lane = if diffusion.is_empty() {
+            None
+        } else {
+            let lane_tasks = tasks.clone();
+            let apps = diffusion.clone();
+            let capacity = config.task_queue_capacity;
+            let lane = tokio::task::spawn_blocking(move || {
+                lane_tasks.add_lane(face_avatar::LANE, 1, capacity, move || Ok(apps.clone()))
+            })
+            .await??;
+            tasks.register_restorer(face_avatar::KIND, &lane, |spec| {
+                FaceAvatarJob::from_spec(spec)
+                    .map(|job| Box::new(job) as Box<dyn Job<DiffusionApps>>)
+            });
+            tracing::info!(apps = ?diffusion.ids(), "face avatars ready");
+            Some(lane)
+        };
         let (loaded, requeued, failed) = {
             let tasks = tasks.clone();
             tokio::task::spawn_blocking(move || tasks.recover()).await??
@@ -258,23 +307,6 @@ impl Server {
             None => None,
         };
         let fetcher = crate::fetch::ImageFetcher::new(config.fetch_limits())?;
-        let scenes = match &config.sd_model {
-            Some(model) => {
-                let (model, device) = (model.clone(), config.device);
-                let gallery = config
-                    .gallery_dir
-                    .clone()
-                    .unwrap_or_else(|| config.resolved_data_dir().join("gallery"));
-                let defaults = config.text_to_image_defaults();
-                let service = tokio::task::spawn_blocking(move || {
-                    crate::gallery::TextToImageService::load(&model, &gallery, device, defaults)
-                })
-                .await??;
-                tracing::info!(images = service.gallery().len(), "text-to-image ready");
-                Some(Arc::new(service))
-            }
-            None => None,
-        };
         let app: AppState = Arc::new(App {
             config,
             catalog,
@@ -284,6 +316,8 @@ impl Server {
             metrics,
             vqgan,
             scenes,
+            diffusion,
+            face_lane,
             fetcher,
             openapi_json: openapi::render(),
             bound_url,

@@ -35,6 +35,9 @@ use crate::routes;
         routes::vqgan::cancel,
         routes::scenes::generate_scene,
         routes::scenes::scene_image,
+        routes::face_avatar::get_image_to_image,
+        routes::face_avatar::task_status,
+        routes::face_avatar::models,
     ),
     components(schemas(
         crate::error::ErrorBody,
@@ -48,12 +51,14 @@ use crate::routes;
         crate::vqgan::RunView,
         crate::vqgan::RunStatus,
         crate::routes::scenes::SceneImage,
+        crate::routes::face_avatar::FaceAvatarResponse,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "avatars", description = "Draw avatars synchronously"),
         (name = "tasks", description = "Long-running work: queue, poll, cancel, download, webhooks"),
         (name = "service", description = "Health and metrics"),
+        (name = "face-avatar", description = "Seed 001: face avatars from a reference photo, waited for or queued (`celery`)"),
         (name = "images", description = "Seed 003: Stable Diffusion images by prompt, numbered so that a later request can keep a character (`reference_image`)"),
         (name = "vqgan-clip", description = "Seed 004: VQGAN+CLIP runs with a progress bar and progress images"),
     )

@@ -30,6 +30,10 @@ pub struct App {
     pub openapi_json: String,
     /// VQGAN+CLIP runs (seed 004), when its models are configured.
     pub vqgan: Option<crate::vqgan::VqganService>,
+    /// The configured Stable Diffusion models by `app_id`.
+    pub diffusion: crate::tasks::face_avatar::DiffusionApps,
+    /// Seed 001's task lane (when a Stable Diffusion model is configured).
+    pub face_lane: Option<Lane<crate::tasks::face_avatar::DiffusionApps>>,
     /// Reads image inputs given by URL or data URI (SSRF-safe, capped).
     pub fetcher: crate::fetch::ImageFetcher,
     /// Seed 003's text-to-image and its numbered gallery, when `--sd-model` is given.

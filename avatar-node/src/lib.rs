@@ -95,6 +95,9 @@ fn js_field(field: &str) -> &str {
         "display_every" => "displayEvery",
         "image_prompts" => "imagePrompts",
         "prompts" => "prompt",
+        "num_inference_steps" => "numInferenceSteps",
+        "guidance_scale" => "guidanceScale",
+        "remove_background" => "removeBackground",
         other => other,
     }
 }
@@ -425,11 +428,24 @@ pub struct StableDiffusion {
     inner: Arc<avatar_core::diffusion::pipeline::StableDiffusion>,
 }
 
+/// What a [`DiffusionTask`] draws.
+enum DiffusionWork {
+    /// From the prompt alone.
+    Text,
+    /// From an image, at a strength.
+    Image(image::RgbaImage, f64),
+    /// Seed 001's face avatars from a reference photo.
+    Face(
+        image::RgbaImage,
+        Box<avatar_core::diffusion::face_avatar::FaceAvatarOptions>,
+    ),
+}
+
 /// Stable Diffusion work on the libuv pool.
 pub struct DiffusionTask {
     pipeline: Arc<avatar_core::diffusion::pipeline::StableDiffusion>,
     options: avatar_core::diffusion::pipeline::TextToImageOptions,
-    image: Option<(image::RgbaImage, f64)>,
+    work: DiffusionWork,
     cancelled: Arc<AtomicBool>,
     progress: Option<ThreadsafeFunction<Progress, (), Progress, Status, false>>,
 }
@@ -449,12 +465,20 @@ impl Task for DiffusionTask {
             }
             !self.cancelled.load(Ordering::Relaxed)
         };
-        let images = match &self.image {
-            Some((image, strength)) => {
+        let images = match &self.work {
+            DiffusionWork::Image(image, strength) => {
                 self.pipeline
                     .image_to_image(image, *strength, &self.options, report)
             }
-            None => self.pipeline.text_to_image(&self.options, report),
+            DiffusionWork::Face(image, options) => {
+                avatar_core::diffusion::face_avatar::face_avatars(
+                    &self.pipeline,
+                    image,
+                    options,
+                    report,
+                )
+            }
+            DiffusionWork::Text => self.pipeline.text_to_image(&self.options, report),
         };
         Ok(images.and_then(|images| {
             images
@@ -538,7 +562,58 @@ impl StableDiffusion {
         let task = DiffusionTask {
             pipeline: self.inner.clone(),
             options: core.0,
-            image: core.1,
+            work: match core.1 {
+                Some((image, strength)) => DiffusionWork::Image(image, strength),
+                None => DiffusionWork::Text,
+            },
+            cancelled: Arc::default(),
+            progress: on_progress,
+        };
+        spawn(&env, task, signal)
+    }
+
+    /// Seed 001's face avatars (PNG buffers) from a reference photo (`options.image`, encoded);
+    /// `prompt` omitted uses the default avatar prompt with `gender`; ranges as the seed (batch
+    /// 1-8, sides 256-1536, steps 1-50, guidance 1-30).
+    #[napi(ts_return_type = "Promise<Buffer[]>")]
+    pub fn face_avatar(
+        &self,
+        env: Env,
+        options: FaceAvatarOptions,
+        #[napi(ts_arg_type = "((progress: Progress) => void) | undefined | null")]
+        on_progress: Option<ThreadsafeFunction<Progress, (), Progress, Status, false>>,
+        #[napi(ts_arg_type = "AbortSignal | undefined | null")] signal: Option<Object>,
+    ) -> napi::Result<AsyncTask<DiffusionTask>> {
+        let core = (|| -> Result<_, AvatarError> {
+            let reference = decode_image("image", &options.image)?;
+            let defaults = avatar_core::diffusion::face_avatar::FaceAvatarOptions::default();
+            let face = avatar_core::diffusion::face_avatar::FaceAvatarOptions {
+                prompt: options.prompt.clone(),
+                negative_prompt: options.negative_prompt.clone().unwrap_or_default(),
+                gender: options.gender.clone(),
+                batch: options.batch.map_or(defaults.batch, |n| n as usize),
+                width: options.width.unwrap_or(defaults.width),
+                height: options.height.unwrap_or(defaults.height),
+                num_inference_steps: options
+                    .num_inference_steps
+                    .map_or(defaults.num_inference_steps, |n| n as usize),
+                guidance_scale: options.guidance_scale.unwrap_or(defaults.guidance_scale),
+                strength: options.strength.unwrap_or(defaults.strength),
+                remove_background: options.remove_background.unwrap_or(false),
+                bg_color: options.bg_color.clone(),
+                seed: match &options.seed {
+                    Some(seed) => parse_seed(seed)?.value(),
+                    None => Seed::random().value(),
+                },
+            };
+            face.validate()?;
+            Ok((reference, face))
+        })()
+        .map_err(|e| sync_error(&env, e))?;
+        let task = DiffusionTask {
+            pipeline: self.inner.clone(),
+            options: Default::default(),
+            work: DiffusionWork::Face(core.0, Box::new(core.1)),
             cancelled: Arc::default(),
             progress: on_progress,
         };
@@ -770,6 +845,37 @@ impl VqganClip {
         };
         spawn(&env, task, signal)
     }
+}
+
+/// Options of `StableDiffusion.faceAvatar` (seed 001's names, camelCase).
+#[napi(object)]
+pub struct FaceAvatarOptions {
+    /// The reference photo, encoded (PNG/JPEG/WebP).
+    pub image: Buffer,
+    /// The prompt (omitted: the default avatar prompt with `gender`).
+    pub prompt: Option<String>,
+    /// `male`, `female` or any word for the default prompt.
+    pub gender: Option<String>,
+    /// Images (1-8, default 1).
+    pub batch: Option<u32>,
+    /// Width (256-1536, default 512).
+    pub width: Option<u32>,
+    /// Height (256-1536, default 512).
+    pub height: Option<u32>,
+    /// Denoising steps actually run (1-50, default 30).
+    pub num_inference_steps: Option<u32>,
+    /// Guidance (1-30, default 7.5).
+    pub guidance_scale: Option<f64>,
+    /// What to avoid.
+    pub negative_prompt: Option<String>,
+    /// How much of the reference is redrawn (0-1, default 0.6).
+    pub strength: Option<f64>,
+    /// Key out the plain background.
+    pub remove_background: Option<bool>,
+    /// Composite onto this colour (`#rrggbb`).
+    pub bg_color: Option<String>,
+    /// Seed: an integer or any string.
+    pub seed: Option<Either<f64, String>>,
 }
 
 /// Generators of the module-level functions, loaded on first use (CPU, embedded weights).

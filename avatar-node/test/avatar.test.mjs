@@ -161,3 +161,21 @@ test('VqganClip optimises towards prompts with progress images, seeds and cancel
   assert.ok(calls < 200, `stopped early (${calls} progress calls of 200)`);
   assert.throws(() => new avatar.VqganClip(`${dir}vqgan.yaml`, `${dir}missing.ckpt`, `${dir}clip.safetensors`, `${dir}clip_config.json`), (e) => e.code === 'ERR_IO');
 });
+
+test('StableDiffusion.faceAvatar draws seed 001 avatars from a reference photo', async () => {
+  const model = new URL('../../avatar-core/tests/fixtures/diffusion/sd15_tiny', import.meta.url).pathname;
+  const pipe = new avatar.StableDiffusion(model, 'cpu');
+  const photo = avatar.generateSync({ seed: 'face', size: 'small' });
+  const seen = [];
+  const images = await pipe.faceAvatar(
+    { image: photo, gender: 'male', width: 256, height: 256, numInferenceSteps: 1, guidanceScale: 1, seed: 3, bgColor: '#00ff00' },
+    (p) => seen.push([p.done, p.total]),
+  );
+  assert.equal(images.length, 1);
+  assert.deepEqual(pngInfo(images[0]), { width: 256, height: 256, colorType: 6 });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(seen, [[1, 1]]);
+  assert.throws(() => pipe.faceAvatar({ image: photo, batch: 9 }), (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'batch');
+  assert.throws(() => pipe.faceAvatar({ image: photo, numInferenceSteps: 51 }), (e) => e.field === 'numInferenceSteps');
+  assert.throws(() => pipe.faceAvatar({ image: Buffer.from('x') }), (e) => e.field === 'image');
+});

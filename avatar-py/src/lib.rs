@@ -453,6 +453,59 @@ impl StableDiffusion {
         })?;
         images_to_pil(py, images)
     }
+
+    /// Seed 001's face avatars (PIL images): `batch` images drawn from the reference photo
+    /// `image`; `prompt=None` uses the default avatar prompt with `gender`; ranges as the seed
+    /// (batch 1-8, sides 256-1536, steps 1-50, guidance 1-30).
+    #[pyo3(signature = (image, prompt = None, gender = None, batch = 1, width = 512, height = 512, num_inference_steps = 30, guidance_scale = 7.5, negative_prompt = String::new(), strength = 0.6, remove_background = false, bg_color = None, seed = None, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn face_avatar<'py>(
+        &self,
+        py: Python<'py>,
+        image: Bound<'py, PyAny>,
+        prompt: Option<String>,
+        gender: Option<String>,
+        batch: usize,
+        width: u32,
+        height: u32,
+        num_inference_steps: usize,
+        guidance_scale: f64,
+        negative_prompt: String,
+        strength: f64,
+        remove_background: bool,
+        bg_color: Option<String>,
+        seed: Option<PySeed<'py>>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let reference = from_pil("image", &image)?;
+        let options = avatar_core::diffusion::face_avatar::FaceAvatarOptions {
+            prompt,
+            negative_prompt,
+            gender,
+            batch,
+            width,
+            height,
+            num_inference_steps,
+            guidance_scale,
+            strength,
+            remove_background,
+            bg_color,
+            seed: match seed {
+                Some(seed) => seed_of(seed)?.value(),
+                None => Seed::random().value(),
+            },
+        };
+        options.validate().map_err(to_py_err)?;
+        let images = with_progress(py, progress, |report| {
+            avatar_core::diffusion::face_avatar::face_avatars(
+                &self.inner,
+                &reference,
+                &options,
+                report,
+            )
+        })?;
+        images_to_pil(py, images)
+    }
 }
 
 /// A VQGAN+CLIP engine (taming VQGAN + open_clip CLIP) that optimises images towards prompts.

@@ -181,6 +181,24 @@ def test_stable_diffusion_text_and_image_to_image() -> None:
         avatar.StableDiffusion(TINY_SD / "missing")
 
 
+def test_face_avatar_from_a_reference_photo() -> None:
+    pipe = avatar.StableDiffusion(TINY_SD)
+    photo = Image.new("RGB", (300, 200), (200, 120, 90))
+    steps: list[tuple[int, int]] = []
+    images = pipe.face_avatar(photo, gender="female", batch=1, width=256, height=256,
+                              num_inference_steps=1, guidance_scale=1.0, seed=4,
+                              bg_color="#00ff00", progress=lambda d, t: steps.append((d, t)))
+    assert steps == [(1, 1)]
+    assert [im.size for im in images] == [(256, 256)]
+    assert images[0].getchannel("A").getextrema() == (255, 255)
+    for kwargs, field in [({"batch": 9}, "batch"), ({"width": 100}, "width"),
+                          ({"num_inference_steps": 51}, "num_inference_steps"),
+                          ({"guidance_scale": 31.0}, "guidance_scale"), ({"bg_color": "nope"}, "bg_color")]:
+        with pytest.raises(avatar.InvalidOptionError) as info:
+            pipe.face_avatar(photo, **kwargs)
+        assert info.value.field == field
+
+
 VQGAN_CLIP = Path(__file__).resolve().parents[2] / "avatar-core/tests/fixtures/vqgan_clip"
 
 

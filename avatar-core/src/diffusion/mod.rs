@@ -2,6 +2,8 @@
 //! [diffusers](https://github.com/huggingface/diffusers) with numerical parity tests.
 //!
 //! - [`pipeline`]: text-to-image for SD1.5 and SDXL from a diffusers folder.
+//! - [`face_avatar`]: seed 001's face avatars from a reference photo (options, ranges, default
+//!   prompt, background keying).
 //! - [`tokenizer`]: CLIP's byte-level BPE tokenizer.
 //! - [`clip_text`]: the CLIP text encoders (SD1.5's CLIP-L, SDXL's CLIP-L + OpenCLIP bigG).
 //! - [`denoise`]: the guided denoising loop and latent decoding shared by the pipelines.
@@ -15,6 +17,7 @@ pub mod attention;
 pub mod clip_text;
 pub mod denoise;
 pub mod embeddings;
+pub mod face_avatar;
 pub mod pipeline;
 pub mod resnet;
 pub mod schedulers;

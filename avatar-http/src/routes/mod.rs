@@ -2,6 +2,7 @@
 
 pub mod avatar;
 pub mod docs;
+pub mod face_avatar;
 pub mod generate;
 pub mod health;
 pub mod metrics;

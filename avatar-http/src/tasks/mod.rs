@@ -2,6 +2,7 @@
 //! webhooks, and the DCGAN batch job built on it.
 
 pub mod dcgan;
+pub mod face_avatar;
 pub mod job;
 pub mod queue;
 pub mod record;

@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod browser;
 mod common;
+mod face_avatar;
 mod fetch;
 mod scenes;
 mod tasks;

@@ -106,6 +106,23 @@ class StableDiffusion:
         scheduler: Optional[str] = None,
         progress: Optional[Callable[[int, int], object]] = None,
     ) -> List[Image]: ...
+    def face_avatar(
+        self,
+        image: Image,
+        prompt: Optional[str] = None,
+        gender: Optional[str] = None,
+        batch: int = 1,
+        width: int = 512,
+        height: int = 512,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 7.5,
+        negative_prompt: str = "",
+        strength: float = 0.6,
+        remove_background: bool = False,
+        bg_color: Optional[str] = None,
+        seed: Optional[Seed] = None,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> List[Image]: ...
 
 ImagePrompt = Union[Image, Tuple[Image, float], Tuple[Image, float, float]]
 

@@ -1,0 +1,148 @@
+//! Seed 001's face-avatar task: `batch` images drawn from a reference photo with a configured
+//! Stable Diffusion model (`app_id`), one progress step per denoising step.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use avatar_core::AvatarError;
+use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, face_avatars};
+use avatar_core::diffusion::pipeline::StableDiffusion;
+use avatar_core::imaging::{ImageFormat, encode};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::job::{Artifact, Job, JobContext, JobError};
+
+/// The task kind.
+pub const KIND: &str = "diffusion.face_avatar";
+/// The lane name.
+pub const LANE: &str = "diffusion";
+
+/// The configured Stable Diffusion pipelines by `app_id` (loaded once, shared by every lane
+/// and route).
+#[derive(Debug, Clone, Default)]
+pub struct DiffusionApps(Arc<BTreeMap<String, Arc<StableDiffusion>>>);
+
+impl DiffusionApps {
+    /// Loads each `(app_id, diffusers folder)` on `device` (blocking).
+    pub fn load(
+        apps: &[(String, std::path::PathBuf)],
+        device: avatar_core::DeviceSpec,
+    ) -> Result<Self, String> {
+        let device = device.device().map_err(|e| e.to_string())?;
+        let mut loaded = BTreeMap::new();
+        for (id, dir) in apps {
+            let pipeline = StableDiffusion::load(dir, &device)
+                .map_err(|e| format!("model {id:?} ({}): {e}", dir.display()))?;
+            loaded.insert(id.clone(), Arc::new(pipeline));
+        }
+        Ok(DiffusionApps(Arc::new(loaded)))
+    }
+
+    /// The pipeline of `app_id`.
+    pub fn get(&self, app_id: &str) -> Option<&Arc<StableDiffusion>> {
+        self.0.get(app_id)
+    }
+
+    /// The configured ids, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+
+    /// Every pipeline by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<StableDiffusion>)> {
+        self.0.iter()
+    }
+
+    /// Whether none is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The persisted parameters of a face-avatar task (the fetched reference travels with it, so
+/// a task re-queued after a restart draws the same images).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaceAvatarSpec {
+    /// The model.
+    pub app_id: String,
+    /// The reference photo, PNG, base64.
+    pub reference_png: String,
+    /// The validated options.
+    pub options: FaceAvatarOptions,
+}
+
+/// The job.
+#[derive(Debug)]
+pub struct FaceAvatarJob {
+    spec: FaceAvatarSpec,
+}
+
+impl FaceAvatarJob {
+    /// A job for a validated spec.
+    pub fn new(spec: FaceAvatarSpec) -> Self {
+        FaceAvatarJob { spec }
+    }
+
+    /// Rebuilds a job from its persisted spec.
+    pub fn from_spec(spec: &serde_json::Value) -> Result<Self, String> {
+        let spec: FaceAvatarSpec =
+            serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+        spec.options.validate().map_err(|e| e.to_string())?;
+        Ok(FaceAvatarJob { spec })
+    }
+}
+
+impl Job<DiffusionApps> for FaceAvatarJob {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn total_steps(&self) -> u32 {
+        self.spec.options.num_inference_steps as u32
+    }
+
+    fn spec(&self) -> serde_json::Value {
+        serde_json::to_value(&self.spec).unwrap_or_default()
+    }
+
+    fn run(&mut self, apps: &mut DiffusionApps, ctx: &JobContext) -> Result<(), JobError> {
+        let failed = |e: &dyn std::fmt::Display| JobError::Failed(e.to_string());
+        let pipeline = apps.get(&self.spec.app_id).ok_or_else(|| {
+            JobError::Failed(format!(
+                "model {:?} is no longer configured",
+                self.spec.app_id
+            ))
+        })?;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(&self.spec.reference_png)
+            .map_err(|e| failed(&e))?;
+        let reference = image::load_from_memory(&png)
+            .map_err(|e| failed(&e))?
+            .to_rgba8();
+        let options = &self.spec.options;
+        let images = face_avatars(pipeline, &reference, options, |p| {
+            ctx.progress(p.done as u32, p.total as u32);
+            !ctx.is_cancelled()
+        })
+        .map_err(|e| match e {
+            AvatarError::Cancelled => JobError::Cancelled,
+            other => failed(&other),
+        })?;
+        for (index, image) in images.iter().enumerate() {
+            let bytes = encode(image, ImageFormat::Png).map_err(|e| failed(&e))?;
+            ctx.push_result(Artifact {
+                bytes,
+                content_type: "image/png".into(),
+                meta: serde_json::json!({
+                    "app_id": self.spec.app_id,
+                    "seed": options.seed,
+                    "index": index,
+                    "width": image.width(),
+                    "height": image.height(),
+                }),
+            })?;
+        }
+        Ok(())
+    }
+}
