@@ -104,6 +104,12 @@ pub struct ErrorBody {
     pub retry_after: Option<u64>,
 }
 
+impl From<crate::routes::fields::FieldError> for ApiError {
+    fn from(error: crate::routes::fields::FieldError) -> Self {
+        ApiError::invalid(error.field, Location::Body, error.message)
+    }
+}
+
 impl ApiError {
     /// A 422 for `field`, listing `allowed` values when known.
     pub fn invalid(

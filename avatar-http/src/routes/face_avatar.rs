@@ -20,6 +20,7 @@ use avatar_core::diffusion::face_avatar::FaceAvatarOptions;
 use avatar_core::imaging::{ImageFormat, encode};
 use avatar_core::{AvatarError, Seed};
 
+use crate::routes::fields::{self, FieldError};
 use crate::state::AppState;
 use crate::tasks::face_avatar::{FaceAvatarJob, FaceAvatarSpec};
 use crate::tasks::{SubmitError, SubmitOptions, TaskRecord, TaskStatus};
@@ -87,6 +88,12 @@ impl FaceAvatarError {
     }
 }
 
+impl From<FieldError> for FaceAvatarError {
+    fn from(error: FieldError) -> Self {
+        FaceAvatarError::field(&error.field, error.message)
+    }
+}
+
 impl From<AvatarError> for FaceAvatarError {
     fn from(error: AvatarError) -> Self {
         match error {
@@ -106,61 +113,11 @@ impl IntoResponse for FaceAvatarError {
     }
 }
 
-fn get<'a>(body: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
-    body.get(field).filter(|v| !v.is_null())
-}
-
-fn string(body: &Map<String, Value>, field: &str) -> Result<Option<String>, FaceAvatarError> {
-    match get(body, field) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(FaceAvatarError::field(field, "must be a string")),
-    }
-}
-
-fn integer(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, FaceAvatarError> {
-    match get(body, field) {
-        None => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
-            FaceAvatarError::field(field, format!("{n} is not a non-negative integer"))
-        }),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| FaceAvatarError::field(field, format!("{s:?} is not an integer"))),
-        Some(_) => Err(FaceAvatarError::field(field, "must be an integer")),
-    }
-}
-
-fn number(body: &Map<String, Value>, field: &str) -> Result<Option<f64>, FaceAvatarError> {
-    match get(body, field) {
-        None => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64()),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| FaceAvatarError::field(field, format!("{s:?} is not a number"))),
-        Some(_) => Err(FaceAvatarError::field(field, "must be a number")),
-    }
-}
-
-fn boolean(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, FaceAvatarError> {
-    match get(body, field) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
-        Some(_) => Err(FaceAvatarError::field(field, "must be true or false")),
-    }
-}
-
 /// A request's options (everything but the image), validated by avatar-core.
 pub fn parse_options(body: &Map<String, Value>) -> Result<FaceAvatarOptions, FaceAvatarError> {
     let defaults = FaceAvatarOptions::default();
     let side = |field| -> Result<Option<u32>, FaceAvatarError> {
-        integer(body, field)?
+        fields::count(body, field)?
             .map(|n| {
                 u32::try_from(n).map_err(|_| {
                     FaceAvatarError::field(field, format!("{n} is outside 256..=1536"))
@@ -169,7 +126,7 @@ pub fn parse_options(body: &Map<String, Value>) -> Result<FaceAvatarOptions, Fac
             .transpose()
     };
     // Random seeds stay below 2^53 so that they survive a round trip through JSON doubles.
-    let seed = match get(body, "seed") {
+    let seed = match fields::present(body, "seed") {
         None => Seed::random().value() & ((1 << 53) - 1),
         Some(Value::String(s)) => Seed::from(s.as_str()).value(),
         Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
@@ -183,18 +140,18 @@ pub fn parse_options(body: &Map<String, Value>) -> Result<FaceAvatarOptions, Fac
         }
     };
     let options = FaceAvatarOptions {
-        prompt: string(body, "prompt")?,
-        negative_prompt: string(body, "negative_prompt")?.unwrap_or_default(),
-        gender: string(body, "gender")?,
-        batch: integer(body, "batch")?.map_or(defaults.batch, |n| n as usize),
+        prompt: fields::string(body, "prompt")?,
+        negative_prompt: fields::string(body, "negative_prompt")?.unwrap_or_default(),
+        gender: fields::string(body, "gender")?,
+        batch: fields::count(body, "batch")?.map_or(defaults.batch, |n| n as usize),
         width: side("width")?.unwrap_or(defaults.width),
         height: side("height")?.unwrap_or(defaults.height),
-        num_inference_steps: integer(body, "num_inference_steps")?
+        num_inference_steps: fields::count(body, "num_inference_steps")?
             .map_or(defaults.num_inference_steps, |n| n as usize),
-        guidance_scale: number(body, "guidance_scale")?.unwrap_or(defaults.guidance_scale),
-        strength: number(body, "strength")?.unwrap_or(defaults.strength),
-        remove_background: boolean(body, "remove_background")?.unwrap_or(false),
-        bg_color: string(body, "bg_color")?,
+        guidance_scale: fields::number(body, "guidance_scale")?.unwrap_or(defaults.guidance_scale),
+        strength: fields::number(body, "strength")?.unwrap_or(defaults.strength),
+        remove_background: fields::boolean(body, "remove_background")?.unwrap_or(false),
+        bg_color: fields::string(body, "bg_color")?,
         seed,
     };
     options.validate()?;
@@ -310,8 +267,8 @@ pub async fn get_image_to_image(
     let Value::Object(body) = body else {
         return Err(FaceAvatarError::field("body", "must be a JSON object"));
     };
-    let app_id =
-        string(&body, "app_id")?.ok_or_else(|| FaceAvatarError::field("app_id", "is required"))?;
+    let app_id = fields::string(&body, "app_id")?
+        .ok_or_else(|| FaceAvatarError::field("app_id", "is required"))?;
     if app.diffusion.get(&app_id).is_none() {
         return Err(FaceAvatarError::field(
             "app_id",
@@ -321,14 +278,14 @@ pub async fn get_image_to_image(
             ),
         ));
     }
-    let image =
-        string(&body, "image")?.ok_or_else(|| FaceAvatarError::field("image", "is required"))?;
-    let celery = boolean(&body, "celery")?.unwrap_or(false);
+    let image = fields::string(&body, "image")?
+        .ok_or_else(|| FaceAvatarError::field("image", "is required"))?;
+    let celery = fields::boolean(&body, "celery")?.unwrap_or(false);
     let options = parse_options(&body).map_err(|e| e.with(&app_id, &Value::Null))?;
     let input = input_echo(&image, &app_id, celery, &options);
     let submit = SubmitOptions {
-        webhook: string(&body, "webhook")?,
-        track_id: get(&body, "track_id").cloned(),
+        webhook: fields::string(&body, "webhook")?,
+        track_id: fields::present(&body, "track_id").cloned(),
     };
     if let Some(url) = &submit.webhook {
         crate::tasks::webhook::validate_url(url)

@@ -3,6 +3,7 @@
 pub mod avatar;
 pub mod docs;
 pub mod face_avatar;
+pub mod fields;
 pub mod generate;
 pub mod health;
 pub mod metrics;

@@ -15,6 +15,7 @@ use avatar_core::diffusion::pipeline::TextToImageOptions;
 use avatar_core::{AvatarError, Seed};
 
 use crate::gallery::{SceneError, SceneRequest, TextToImageService};
+use crate::routes::fields::{self, FieldError};
 use crate::state::AppState;
 
 /// A generated image.
@@ -63,6 +64,12 @@ impl IntoResponse for Detail {
     }
 }
 
+impl From<FieldError> for Detail {
+    fn from(error: FieldError) -> Self {
+        Detail::field(&error.field, error.message)
+    }
+}
+
 impl From<AvatarError> for Detail {
     fn from(error: AvatarError) -> Self {
         match error {
@@ -84,38 +91,6 @@ fn service(app: &AppState) -> Result<&TextToImageService, Detail> {
     })
 }
 
-fn string(body: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, Detail> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Detail::field(field, "must be a string")),
-    }
-}
-
-fn count(body: &serde_json::Map<String, Value>, field: &str) -> Result<Option<u64>, Detail> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| Detail::field(field, format!("{n} is not a non-negative integer"))),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| Detail::field(field, format!("{s:?} is not a non-negative integer"))),
-        Some(_) => Err(Detail::field(field, "must be a non-negative integer")),
-    }
-}
-
-fn number(body: &serde_json::Map<String, Value>, field: &str) -> Result<Option<f64>, Detail> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64()),
-        Some(_) => Err(Detail::field(field, "must be a number")),
-    }
-}
-
 /// Reads a seed 003 body against the service's defaults and gallery.
 pub fn parse_scene(
     service: &TextToImageService,
@@ -126,7 +101,7 @@ pub fn parse_scene(
     let Value::Object(body) = value else {
         return Err(Detail::field("body", "must be a JSON object"));
     };
-    let prompt = string(&body, "prompt")?
+    let prompt = fields::string(&body, "prompt")?
         .filter(|p| !p.trim().is_empty())
         .ok_or_else(|| Detail::field("prompt", "field required"))?;
     let defaults = service.defaults();
@@ -141,13 +116,13 @@ pub fn parse_scene(
         Some(_) => return Err(Detail::field("seed", "must be a string or an integer")),
     };
     let size = |field| -> Result<Option<u32>, Detail> {
-        count(&body, field)?
+        fields::count(&body, field)?
             .map(|n| {
                 u32::try_from(n).map_err(|_| Detail::field(field, format!("{n} is too large")))
             })
             .transpose()
     };
-    let reference = match count(&body, "reference_image")? {
+    let reference = match fields::count(&body, "reference_image")? {
         None => None,
         Some(n) => {
             let png = match service.gallery().read(n) {
@@ -175,7 +150,7 @@ pub fn parse_scene(
                 .map_err(|e| Detail::message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
                 .to_rgba8();
             let strength =
-                number(&body, "reference_strength")?.unwrap_or(defaults.reference_strength);
+                fields::number(&body, "reference_strength")?.unwrap_or(defaults.reference_strength);
             if !(strength > 0.0 && strength <= 1.0) {
                 return Err(Detail::field(
                     "reference_strength",
@@ -187,10 +162,10 @@ pub fn parse_scene(
     };
     let options = TextToImageOptions {
         prompt,
-        negative_prompt: string(&body, "negative_prompt")?.unwrap_or_default(),
-        num_inference_steps: count(&body, "num_inference_steps")?
+        negative_prompt: fields::string(&body, "negative_prompt")?.unwrap_or_default(),
+        num_inference_steps: fields::count(&body, "num_inference_steps")?
             .map_or(defaults.steps, |n| n as usize),
-        guidance_scale: number(&body, "guidance_scale")?.unwrap_or(defaults.guidance_scale),
+        guidance_scale: fields::number(&body, "guidance_scale")?.unwrap_or(defaults.guidance_scale),
         width: size("width")?.or(defaults.width),
         height: size("height")?.or(defaults.height),
         num_images: 1,

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody, Location};
 use crate::params::{self, ImageBytes};
+use crate::routes::fields;
 use crate::state::AppState;
 use crate::tasks::dcgan::{DcganBatchJob, DcganBatchSpec, batch_seeds};
 use crate::tasks::record::is_valid_id;
@@ -59,36 +60,6 @@ pub(crate) fn body_error(field: &'static str, message: impl Into<String>) -> Api
     ApiError::invalid(field, Location::Body, message)
 }
 
-pub(crate) fn text(
-    body: &serde_json::Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<String>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(body_error(field, "must be a string")),
-    }
-}
-
-pub(crate) fn integer(
-    body: &serde_json::Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<u64>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| body_error(field, format!("{n} is not a non-negative integer"))),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| body_error(field, format!("{s:?} is not a non-negative integer"))),
-        Some(_) => Err(body_error(field, "must be an integer")),
-    }
-}
-
 /// Parses and validates the body into a job spec and submit options.
 pub fn parse_request(
     bytes: &[u8],
@@ -99,8 +70,8 @@ pub fn parse_request(
     let Value::Object(body) = value else {
         return Err(body_error("body", "must be a JSON object"));
     };
-    let size = params::parse_size(text(&body, "size")?.as_deref(), Location::Body)?;
-    let n = integer(&body, "n")?.unwrap_or(1);
+    let size = params::parse_size(fields::string(&body, "size")?.as_deref(), Location::Body)?;
+    let n = fields::count(&body, "n")?.unwrap_or(1);
     if !(1..=MAX_IMAGES).contains(&n) {
         return Err(body_error(
             "n",
@@ -125,7 +96,7 @@ pub fn parse_request(
         Some(Value::String(s)) => params::parse_bool("transparent", Some(s), Location::Body)?,
         Some(_) => return Err(body_error("transparent", "must be true or false")),
     };
-    let output_size = integer(&body, "output_size")?;
+    let output_size = fields::count(&body, "output_size")?;
     let output_size = match output_size {
         Some(size) => {
             let size = u32::try_from(size)
@@ -139,13 +110,13 @@ pub fn parse_request(
         size: size.as_str().to_string(),
         seeds: batch_seeds(seed.as_ref(), n as usize),
         transparent,
-        bg_color: text(&body, "bg_color")?.filter(|c| !c.is_empty()),
-        format: text(&body, "format")?.unwrap_or_else(|| "png".into()),
+        bg_color: fields::string(&body, "bg_color")?.filter(|c| !c.is_empty()),
+        format: fields::string(&body, "format")?.unwrap_or_else(|| "png".into()),
         output_size,
     };
     spec.resolve()
         .map_err(|e| ApiError::from_core(e, Location::Body))?;
-    let webhook = text(&body, "webhook")?.filter(|w| !w.is_empty());
+    let webhook = fields::string(&body, "webhook")?.filter(|w| !w.is_empty());
     if let Some(url) = &webhook {
         crate::tasks::webhook::validate_url(url).map_err(|e| body_error("webhook", e))?;
     }

@@ -16,7 +16,8 @@ use avatar_core::Seed;
 use avatar_core::vqgan_clip::{PromptSpec, RunOptions};
 
 use crate::error::{ApiError, ErrorBody, Location};
-use crate::routes::tasks::{body_error, integer, text};
+use crate::routes::fields;
+use crate::routes::tasks::body_error;
 use crate::state::AppState;
 use crate::vqgan::{RunStatus, RunView, SubmitError, VqganService};
 
@@ -47,17 +48,6 @@ fn service(app: &AppState) -> Result<&VqganService, ApiError> {
     })
 }
 
-fn number(
-    body: &serde_json::Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<f64>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64()),
-        Some(_) => Err(body_error(field, "must be a number")),
-    }
-}
-
 /// The JSON object of a request body.
 pub fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(bytes)
@@ -73,7 +63,8 @@ pub fn parse_run(
     body: &serde_json::Map<String, Value>,
     init_image: Option<image::RgbaImage>,
 ) -> Result<RunOptions, ApiError> {
-    let prompt = text(body, "prompt")?.ok_or_else(|| body_error("prompt", "is required"))?;
+    let prompt =
+        fields::string(body, "prompt")?.ok_or_else(|| body_error("prompt", "is required"))?;
     let prompts = PromptSpec::parse_list(&prompt).map_err(|e| match e {
         avatar_core::AvatarError::InvalidOption { message, .. } => body_error("prompt", message),
         other => ApiError::from_core(other, Location::Body),
@@ -82,9 +73,9 @@ pub fn parse_run(
         return Err(body_error("prompt", "is empty"));
     }
     let defaults = RunOptions::default();
-    let size = integer(body, "size")?.map(|s| s as usize);
-    let width = integer(body, "width")?.map(|s| s as usize);
-    let height = integer(body, "height")?.map(|s| s as usize);
+    let size = fields::count(body, "size")?.map(|s| s as usize);
+    let width = fields::count(body, "width")?.map(|s| s as usize);
+    let height = fields::count(body, "height")?.map(|s| s as usize);
     let seed = match body.get("seed") {
         None | Some(Value::Null) => Seed::random(),
         Some(Value::String(s)) => Seed::from(s.as_str()),
@@ -95,14 +86,14 @@ pub fn parse_run(
     Ok(RunOptions {
         prompts,
         init_image,
-        init_weight: number(body, "init_weight")?.unwrap_or(0.0) as f32,
+        init_weight: fields::number(body, "init_weight")?.unwrap_or(0.0) as f32,
         width: width.or(size).unwrap_or(defaults.width),
         height: height.or(size).unwrap_or(defaults.height),
-        iterations: integer(body, "iterations")?.map_or(defaults.iterations, |n| n as usize),
-        step_size: number(body, "step_size")?.unwrap_or(defaults.step_size),
-        cutn: integer(body, "cutn")?.map_or(defaults.cutn, |n| n as usize),
-        cut_pow: number(body, "cut_pow")?.unwrap_or(defaults.cut_pow),
-        display_every: integer(body, "display_every")?
+        iterations: fields::count(body, "iterations")?.map_or(defaults.iterations, |n| n as usize),
+        step_size: fields::number(body, "step_size")?.unwrap_or(defaults.step_size),
+        cutn: fields::count(body, "cutn")?.map_or(defaults.cutn, |n| n as usize),
+        cut_pow: fields::number(body, "cut_pow")?.unwrap_or(defaults.cut_pow),
+        display_every: fields::count(body, "display_every")?
             .map_or(defaults.display_every, |n| n as usize),
         seed: Some(seed),
         ..defaults
@@ -117,7 +108,7 @@ async fn start(
 ) -> Result<Response, ApiError> {
     let service = service(&app)?.clone();
     let body = json_object(&body)?;
-    let image = text(&body, "image")?;
+    let image = fields::string(&body, "image")?;
     let init_image = match (image, with_image) {
         (Some(_), false) => return Err(body_error("image", "belongs to /textimg2img")),
         (None, true) => return Err(body_error("image", "is required")),
