@@ -59,13 +59,26 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public_v4(v4);
             }
             let s = v6.segments();
-            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-                // NAT64 (64:ff9b::/96) reaches the embedded IPv4 address.
+            let low_v4 = || {
                 let [a, b] = s[6].to_be_bytes();
                 let [c, d] = s[7].to_be_bytes();
+                Ipv4Addr::new(a, b, c, d)
+            };
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                // NAT64 (64:ff9b::/96) reaches the embedded IPv4 address.
+                return is_public_v4(low_v4());
+            }
+            if s[0] == 0x2002 {
+                // 6to4 (2002::/16) embeds an IPv4 address in bits 16-48.
+                let [a, b] = s[1].to_be_bytes();
+                let [c, d] = s[2].to_be_bytes();
                 return is_public_v4(Ipv4Addr::new(a, b, c, d));
             }
             !(v6.is_unspecified()
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64 64:ff9b:1::/48
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo 2001::/32
+                || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only 100::/64
+                || (s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0) // IPv4-translated ::ffff:0:a.b.c.d
                 || v6.is_loopback()
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
@@ -90,6 +103,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || (a == 100 && (64..128).contains(&b)) // shared address space 100.64/10
         || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
         || (a == 198 && (18..20).contains(&b)) // benchmarking
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
         || a >= 240) // reserved
 }
 
@@ -105,20 +119,20 @@ impl Resolve for PublicResolver {
         let allow_private = self.allow_private;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), 0)).await {
+                Ok(found) => found.collect(),
+                Err(_) => Vec::new(),
+            };
             let kept: Vec<SocketAddr> = found
                 .iter()
                 .copied()
                 .filter(|addr| allow_private || is_public(addr.ip()))
                 .collect();
             if kept.is_empty() {
-                let why = if found.is_empty() {
-                    format!("{host} has no address")
-                } else {
-                    format!("{host} resolves only to non-public addresses")
-                };
-                return Err(why.into());
+                // One message for "no address" and "only private addresses": the difference would
+                // let clients map internal host names.
+                tracing::info!(host, addresses = found.len(), "refused an image host");
+                return Err(format!("{host} does not resolve to a public address").into());
             }
             Ok(Box::new(kept.into_iter()) as Addrs)
         })
@@ -156,7 +170,12 @@ fn check_url(url: &Url, allow_private: bool) -> Result<(), FetchError> {
 pub struct ImageFetcher {
     client: reqwest::Client,
     limits: FetchLimits,
+    /// Downloads and decodes at once (each may hold `max_bytes` plus a decoded image).
+    permits: Arc<tokio::sync::Semaphore>,
 }
+
+/// Image inputs read at the same time, at most.
+pub const CONCURRENT_LOADS: usize = 4;
 
 impl ImageFetcher {
     /// A fetcher with its own HTTP client (no proxies, checked DNS and redirects).
@@ -180,7 +199,11 @@ impl ImageFetcher {
             .user_agent(concat!("avatar-http/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the image fetcher: {e}"))?;
-        Ok(ImageFetcher { client, limits })
+        Ok(ImageFetcher {
+            client,
+            limits,
+            permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_LOADS)),
+        })
     }
 
     /// The limits in force.
@@ -191,6 +214,11 @@ impl ImageFetcher {
     /// An image from `input`: an http(s) URL, a `data:image/...;base64,` URI, or (when
     /// `bare_base64`) base64 alone.
     pub async fn load(&self, input: &str, bare_base64: bool) -> Result<RgbaImage, FetchError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| refuse("the server is shutting down"))?;
         let input = input.trim();
         let bytes = if let Some(rest) = input.strip_prefix("data:") {
             let (meta, data) = rest
@@ -344,6 +372,13 @@ mod tests {
             "::ffff:10.0.0.1",
             "64:ff9b::a9fe:a9fe",
             "::127.0.0.1",
+            "64:ff9b:1::a00:1",
+            "2002:a00:1::1",
+            "2002:7f00:1::",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "100::1",
+            "::ffff:0:7f00:1",
+            "192.88.99.1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
@@ -353,6 +388,7 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }

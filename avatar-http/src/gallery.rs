@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use avatar_core::AvatarError;
 use avatar_core::diffusion::pipeline::{StableDiffusion, TextToImageOptions};
@@ -16,7 +16,10 @@ use image::RgbaImage;
 #[derive(Debug)]
 pub struct Gallery {
     dir: PathBuf,
+    /// Held while an image is written; the next counter.
     next: Mutex<u64>,
+    /// Images readable (published after each rename): readers never wait for a writer.
+    published: AtomicU64,
 }
 
 impl Gallery {
@@ -31,18 +34,19 @@ impl Gallery {
                 .and_then(|n| n.strip_suffix(".png"))
                 .and_then(|n| n.parse::<u64>().ok())
             {
-                next = next.max(n + 1);
+                next = next.max(n.saturating_add(1));
             }
         }
         Ok(Gallery {
             dir: dir.to_path_buf(),
             next: Mutex::new(next),
+            published: AtomicU64::new(next),
         })
     }
 
     /// How many images were saved (the next counter).
     pub fn len(&self) -> u64 {
-        *self.next.lock().unwrap_or_else(|e| e.into_inner())
+        self.published.load(Ordering::Acquire)
     }
 
     /// Whether no image was saved yet.
@@ -59,6 +63,7 @@ impl Gallery {
         std::fs::write(&partial, png)?;
         std::fs::rename(&partial, self.path(n))?;
         *next = n + 1;
+        self.published.store(n + 1, Ordering::Release);
         Ok(n)
     }
 

@@ -1,8 +1,11 @@
 //! # avatar-http
 //!
-//! The DCGAN Avatar Generation API over HTTP (axum): the seed service's `/health` and
-//! `/generate-image`, permanent per-seed avatars, a generic task queue with progress,
-//! cancellation, storage and webhooks, OpenAPI docs, metrics and a web page.
+//! The avatar APIs over HTTP (axum): the DCGAN seed service's `/health` and `GET
+//! /generate-image`, permanent per-seed avatars, a generic task queue with progress,
+//! cancellation, storage and webhooks, OpenAPI docs, metrics and a web page; and, when their
+//! models are configured, seed 001's face avatars (`POST /getImageToImage`), seed 003's numbered
+//! text-to-image (`POST /generate-image`) and seed 004's VQGAN+CLIP runs (`/text2img`). Image
+//! inputs by URL are fetched SSRF-safely ([`fetch`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), avatar_http::BoxError> {
@@ -60,14 +63,17 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Builds the router over `app`.
 pub fn router(app: AppState) -> Router {
-    let auth = Arc::new(Auth::new(
-        if app.config.auth_required() {
-            app.config.auth_tokens.as_slice()
-        } else {
-            &[]
-        },
-        app.config.body_limit,
-    ));
+    let tokens = if app.config.auth_required() {
+        app.config.auth_tokens.as_slice()
+    } else {
+        &[]
+    };
+    let auth = Arc::new(Auth::new(tokens, app.config.body_limit));
+    // Bodies that carry an image inline (base64 is 4/3 of the image's bytes): the limit applies
+    // to the auth middleware's read of a body `key` too.
+    let image_body_limit = app.config.fetch_max_bytes / 3 * 4 + 64 * 1024;
+    let image_auth = Arc::new(Auth::new(tokens, image_body_limit));
+    let timeout = Duration::from_secs(app.config.request_timeout_secs.max(1));
     let protected = Router::new()
         .route("/generate-image", get(routes::generate::generate_image))
         .route("/avatar/{file}", get(routes::avatar::avatar))
@@ -79,13 +85,6 @@ pub fn router(app: AppState) -> Router {
         .route("/tasks/{id}/result/{index}", get(routes::tasks::get_result))
         .route("/metrics", get(routes::metrics::metrics))
         .route("/text2img", post(routes::vqgan::text2img))
-        .route(
-            "/textimg2img",
-            post(routes::vqgan::textimg2img).layer(DefaultBodyLimit::max(
-                // base64 is 4/3 of the image's bytes.
-                app.config.fetch_max_bytes / 3 * 4 + 64 * 1024,
-            )),
-        )
         .route(
             "/text2img/{id}",
             axum::routing::delete(routes::vqgan::cancel),
@@ -102,27 +101,33 @@ pub fn router(app: AppState) -> Router {
             get(routes::face_avatar::task_status),
         )
         .route("/models", get(routes::face_avatar::models))
+        .route_layer(axum::middleware::from_fn_with_state(auth, auth::require));
+    let image_bodies = Router::new()
+        .route("/textimg2img", post(routes::vqgan::textimg2img))
         .route_layer(axum::middleware::from_fn_with_state(
-            auth.clone(),
+            image_auth.clone(),
             auth::require,
-        ));
+        ))
+        .layer(DefaultBodyLimit::max(image_body_limit));
     // Drawing with Stable Diffusion takes minutes on a CPU: outside the request timeout (a
-    // client that disconnects stops the drawing instead).
+    // client that disconnects stops the drawing instead), but the body must still arrive in time.
     let long_running = Router::new()
         .route("/generate-image", post(routes::scenes::generate_scene))
         .route(
             "/getImageToImage",
-            post(routes::face_avatar::get_image_to_image).layer(DefaultBodyLimit::max(
-                app.config.fetch_max_bytes / 3 * 4 + 64 * 1024,
-            )),
+            post(routes::face_avatar::get_image_to_image),
         )
-        .route_layer(axum::middleware::from_fn_with_state(auth, auth::require));
+        .route_layer(axum::middleware::from_fn_with_state(
+            image_auth,
+            auth::require,
+        ))
+        .layer(DefaultBodyLimit::max(image_body_limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(timeout));
     let public = Router::new()
         .route("/", get(routes::web::index))
         .route("/health", get(routes::health::health))
         .route("/openapi.json", get(routes::docs::openapi))
         .route("/docs", get(routes::docs::docs));
-    let timeout = Duration::from_secs(app.config.request_timeout_secs.max(1));
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(
@@ -143,6 +148,7 @@ pub fn router(app: AppState) -> Router {
         .layer(DefaultBodyLimit::max(app.config.body_limit));
     public
         .merge(protected)
+        .merge(image_bodies)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,

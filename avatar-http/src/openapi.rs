@@ -14,6 +14,9 @@ use crate::routes;
             `GET /generate-image` and `GET /health` answer exactly as the original service; extra \
             parameters (seed, colours, formats, sizes), permanent per-seed avatars, batch tasks with \
             progress, cancellation and webhooks are additions.\n\n\
+            With `--sd-model` the server also answers seed 001 (`POST /getImageToImage`) and \
+            seed 003 (`POST /generate-image`); with `--vqgan-config`, `--vqgan-weights` and \
+            `--clip-weights`, seed 004 (`/text2img`, `/textimg2img`).\n\n\
             Authentication is off on loopback by default. When the server has tokens, send \
             `Authorization: Bearer <token>` (or a `key` field in JSON bodies).",
         license(name = "MIT OR Apache-2.0")

@@ -110,7 +110,7 @@ impl FaceAvatarOptions {
         if !(self.strength > 0.0 && self.strength <= 1.0) {
             return invalid("strength", format!("{} is outside (0, 1]", self.strength));
         }
-        if schedule_length(self.num_inference_steps, self.strength) > 1000 {
+        if self.num_inference_steps as f64 / self.strength > 1000.0 {
             return invalid(
                 "strength",
                 format!(
@@ -162,12 +162,21 @@ pub fn gender_word(gender: Option<&str>) -> String {
 /// The schedule length that makes image-to-image at `strength` run exactly `steps` denoising
 /// steps (it runs `floor(length * strength)` of them, as diffusers does): the seed's
 /// `num_inference_steps` counts the steps actually run.
+/// `strength` must be in (0, 1] with `steps / strength <= 1000` (see
+/// [`FaceAvatarOptions::validate`]); other inputs are clamped into that range.
 pub fn schedule_length(steps: usize, strength: f64) -> usize {
-    let mut length = (steps as f64 / strength).ceil() as usize;
-    while ((length as f64) * strength) as usize > steps {
+    let steps = steps.clamp(1, 1000);
+    let strength = if strength.is_finite() {
+        strength.clamp(steps as f64 / 1000.0, 1.0)
+    } else {
+        1.0
+    };
+    let mut length = ((steps as f64 / strength).ceil() as usize).clamp(steps, 1000);
+    // Float rounding can put `floor(length * strength)` one off `steps`: nudge, within bounds.
+    while length > steps && ((length as f64) * strength) as usize > steps {
         length -= 1;
     }
-    while (((length as f64) * strength) as usize) < steps {
+    while length < 1000 && (((length as f64) * strength) as usize) < steps {
         length += 1;
     }
     length
@@ -210,7 +219,10 @@ pub fn face_avatars(
     options.validate()?;
     let (w, h) = (options.width / 8 * 8, options.height / 8 * 8);
     let reference = fit_reference(reference.clone());
-    let start = image::imageops::resize(&reference, w, h, image::imageops::FilterType::Lanczos3);
+    // Cover the output size and crop the overflow (centred): no stretching of the face.
+    let start = image::DynamicImage::ImageRgba8(reference)
+        .resize_to_fill(w, h, image::imageops::FilterType::Lanczos3)
+        .to_rgba8();
     let diffusion = TextToImageOptions {
         prompt: options.resolved_prompt(),
         negative_prompt: options.negative_prompt.clone(),
@@ -297,6 +309,13 @@ mod tests {
         );
         assert_eq!(
             field(FaceAvatarOptions {
+                strength: 1e-300,
+                ..ok.clone()
+            }),
+            "strength"
+        );
+        assert_eq!(
+            field(FaceAvatarOptions {
                 prompt: Some(" ".into()),
                 ..ok
             }),
@@ -317,6 +336,9 @@ mod tests {
             }
         }
         assert_eq!(schedule_length(30, 1.0), 30);
+        // Out-of-range inputs terminate (validate() refuses them first).
+        assert_eq!(schedule_length(30, 1e-300), 1000);
+        assert_eq!(schedule_length(30, f64::NAN), 30);
         assert_eq!(schedule_length(1, 0.6), 2);
     }
 

@@ -233,7 +233,16 @@ struct CancelIfDropped {
 impl Drop for CancelIfDropped {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.app.tasks.cancel(&self.id);
+            // Cancelling persists the record: keep that disk write off the async workers.
+            let (app, id) = (self.app.clone(), std::mem::take(&mut self.id));
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn_blocking(move || app.tasks.cancel(&id));
+                }
+                Err(_) => {
+                    let _ = app.tasks.cancel(&id);
+                }
+            }
         }
     }
 }
@@ -351,8 +360,11 @@ pub async fn get_image_to_image(
             armed: true,
         };
         let finished = loop {
-            match app.tasks.get(&record.id) {
-                Some(current) if current.status.is_final() => break current,
+            match app.tasks.status(&record.id) {
+                Some(status) if status.is_final() => match app.tasks.get(&record.id) {
+                    Some(current) => break current,
+                    None => continue,
+                },
                 Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 None => {
                     return Err(FaceAvatarError::new(

@@ -157,6 +157,19 @@ pub fn parse_scene(
                     format!("{strength} is outside (0, 1]"),
                 ));
             }
+            // The requested (or default) size wins: cover it and crop, keeping proportions.
+            let (w, h) = image.dimensions();
+            let (w, h) = (
+                size("width")?.or(defaults.width).unwrap_or(w),
+                size("height")?.or(defaults.height).unwrap_or(h),
+            );
+            let image = if image.dimensions() == (w, h) {
+                image
+            } else {
+                image::DynamicImage::ImageRgba8(image)
+                    .resize_to_fill(w.max(8), h.max(8), image::imageops::FilterType::Lanczos3)
+                    .to_rgba8()
+            };
             Some((image, strength))
         }
     };
@@ -223,11 +236,19 @@ pub async fn scene_image(
         .strip_suffix(".png")
         .and_then(|n| n.parse().ok())
         .ok_or_else(missing)?;
-    let png = service
-        .gallery()
-        .read(n)
-        .ok_or_else(missing)?
-        .map_err(|e| Detail::message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if n >= service.gallery().len() {
+        return Err(missing());
+    }
+    let png = match tokio::fs::read(service.gallery().path(n)).await {
+        Ok(png) => png,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+        Err(e) => {
+            return Err(Detail::message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+            ));
+        }
+    };
     Ok((
         [
             (header::CONTENT_TYPE, "image/png"),

@@ -612,6 +612,11 @@ impl TaskManager {
         self.inner.records().get(id).map(|e| e.record.clone())
     }
 
+    /// A task's status, without copying its record.
+    pub fn status(&self, id: &str) -> Option<TaskStatus> {
+        self.inner.records().get(id).map(|e| e.record.status)
+    }
+
     /// A queued task's position in its lane (1 = next).
     pub fn position(&self, record: &TaskRecord) -> Option<usize> {
         if record.status != TaskStatus::Queued {

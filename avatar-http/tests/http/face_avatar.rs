@@ -4,6 +4,7 @@
 //! the seed's smallest size, 256 px, costs seconds: one step, no classifier-free guidance.)
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -117,12 +118,29 @@ async fn face_avatars_are_drawn_waited_for_or_queued_in_the_seed_shape() {
         "seeded requests repeat"
     );
 
-    // Queued: a task id at once, then the status API.
+    // Queued: a task id at once, then the status API and a webhook with the track id.
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let hook_app = {
+        let received = received.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let received = received.clone();
+                async move {
+                    received.lock().unwrap().push(body);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook_app).await.unwrap() });
     let (status, queued) = post(
         &s,
         &json!({"app_id": "default", "image": photo(), "width": 256, "height": 256,
                 "num_inference_steps": 1, "guidance_scale": 1, "celery": true, "remove_background": true,
-                "bg_color": "#00ff00"}),
+                "bg_color": "#00ff00", "webhook": hook, "track_id": "face-7"}),
     )
     .await;
     assert_eq!(status, 200, "{queued}");
@@ -156,6 +174,16 @@ async fn face_avatars_are_drawn_waited_for_or_queued_in_the_seed_shape() {
         composited.pixels().all(|p| p[3] == 255),
         "bg_color composites onto an opaque colour"
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no webhook delivery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivery = received.lock().unwrap()[0].clone();
+    assert_eq!(delivery["task_id"], id.as_str());
+    assert_eq!(delivery["track_id"], "face-7");
+    assert_eq!(delivery["status"], "success");
+    assert_eq!(delivery["output"].as_array().unwrap().len(), 1);
     assert_eq!(s.get("/getImageToImage/nope").await.status(), 404);
     s.stop().await;
 }
@@ -210,4 +238,42 @@ async fn bad_requests_answer_in_the_seed_shape_naming_the_field() {
         "{answer}"
     );
     plain.stop().await;
+}
+
+/// A `key` in the body authenticates even when the body carries a large inline image (the auth
+/// middleware reads it with the image routes' limit, not the 64 KiB default).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_key_authenticates_requests_with_large_inline_images() {
+    let mut config = sd_config();
+    config.auth_tokens = vec!["s3cret".into()];
+    let s = TestServer::start(config).await;
+    let mut state = 7u32;
+    let noise = image::RgbaImage::from_fn(300, 300, |_, _| {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let [a, b, c, _] = state.to_le_bytes();
+        image::Rgba([a, b, c, 255])
+    });
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgba8(noise)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let image = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&png)
+    );
+    assert!(
+        image.len() > 200 * 1024,
+        "the body must exceed the default limit"
+    );
+    let body = json!({"key": "s3cret", "app_id": "default", "image": image, "batch": 9});
+    let (status, answer) = post(&s, &body).await;
+    assert_eq!(status, 422, "authenticated, then validated: {answer}");
+    assert_eq!(answer["error_data"]["field"], "batch");
+    let (status, _) = post(
+        &s,
+        &json!({"key": "wrong", "app_id": "default", "image": "x"}),
+    )
+    .await;
+    assert_eq!(status, 401);
+    s.stop().await;
 }

@@ -107,7 +107,7 @@ async fn urls_are_fetched_within_limits_and_private_addresses_are_refused() {
         (url("/a.png"), "not a public address"),
         (
             format!("http://localhost:{}/a.png", addr.port()),
-            "non-public",
+            "does not resolve to a public address",
         ),
         ("http://[::1]/a.png".to_string(), "not a public address"),
         (

@@ -77,8 +77,8 @@ async fn prompts_become_numbered_images_and_a_reference_keeps_the_character() {
         image::load_from_memory(&png(&s, scene["image_url"].as_str().unwrap()).await).unwrap();
     assert_eq!(
         (drawn.width(), drawn.height()),
-        (32, 32),
-        "image-to-image keeps the reference's size"
+        (48, 40),
+        "the reference is fitted to the requested size"
     );
 
     // The DCGAN's GET /generate-image still answers beside seed 003's POST.

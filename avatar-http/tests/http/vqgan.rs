@@ -189,7 +189,10 @@ async fn bad_requests_are_4xx_json_and_an_unconfigured_server_says_which_flags_t
         ("aGVsbG8=", "not an image"),
         ("%%%", "base64"),
         ("http://127.0.0.1:9/a.png", "not a public address"),
-        ("http://localhost:9/a.png", "non-public"),
+        (
+            "http://localhost:9/a.png",
+            "does not resolve to a public address",
+        ),
         ("file:///etc/passwd", "only http"),
     ] {
         let response = s
