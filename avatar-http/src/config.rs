@@ -140,6 +140,13 @@ pub struct Config {
     /// `--sd-model` one is `default`).
     #[arg(long = "sd-app", env = "AVATAR_SD_APPS", value_delimiter = ',')]
     pub sd_apps: Vec<String>,
+    /// diffusers' `safety_checker/` folder: every Stable Diffusion image is checked and flagged
+    /// ones are replaced (`--safety-checker-type`).
+    #[arg(long, env = "AVATAR_SAFETY_CHECKER")]
+    pub safety_checker: Option<PathBuf>,
+    /// What replaces a flagged image: black, blur, pixelate or sensitive_content_text.
+    #[arg(long, env = "AVATAR_SAFETY_CHECKER_TYPE", default_value = "black", value_parser = parse_obfuscation)]
+    pub safety_checker_type: avatar_core::diffusion::safety_checker::Obfuscation,
     /// Where seed 003's numbered images are kept (default: `<data dir>/gallery`).
     #[arg(long, env = "AVATAR_GALLERY_DIR")]
     pub gallery_dir: Option<PathBuf>,
@@ -178,6 +185,13 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "AVATAR_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+fn parse_obfuscation(
+    text: &str,
+) -> Result<avatar_core::diffusion::safety_checker::Obfuscation, String> {
+    text.parse()
+        .map_err(|e: avatar_core::AvatarError| e.to_string())
 }
 
 fn parse_device(text: &str) -> Result<DeviceSpec, String> {

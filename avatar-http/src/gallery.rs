@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use avatar_core::AvatarError;
 use avatar_core::diffusion::pipeline::{StableDiffusion, TextToImageOptions};
+use avatar_core::diffusion::safety_checker::SafetyFilter;
 use avatar_core::imaging::{ImageFormat, encode};
 use image::RgbaImage;
 
@@ -128,6 +129,7 @@ pub enum SceneError {
 #[derive(Debug)]
 pub struct TextToImageService {
     pipeline: Arc<StableDiffusion>,
+    safety: Option<Arc<SafetyFilter>>,
     gallery: Arc<Gallery>,
     defaults: TextToImageDefaults,
     drawing: Arc<Mutex<()>>,
@@ -155,6 +157,7 @@ impl TextToImageService {
     /// Serves `pipeline` and opens the gallery.
     pub fn new(
         pipeline: Arc<StableDiffusion>,
+        safety: Option<Arc<SafetyFilter>>,
         gallery: &Path,
         defaults: TextToImageDefaults,
     ) -> Result<Self, String> {
@@ -162,6 +165,7 @@ impl TextToImageService {
             Gallery::open(gallery).map_err(|e| format!("gallery {}: {e}", gallery.display()))?;
         Ok(TextToImageService {
             pipeline,
+            safety,
             gallery: Arc::new(gallery),
             defaults,
             drawing: Arc::new(Mutex::new(())),
@@ -179,9 +183,10 @@ impl TextToImageService {
         &self.gallery
     }
 
-    /// Draws `request` on a blocking thread, saves it and returns its counter. Dropping the
+    /// Draws `request` on a blocking thread, passes it through the safety checker (when one is
+    /// configured), saves it and returns its counter and whether it was flagged. Dropping the
     /// future (the client went away) stops the denoising at the next step.
-    pub async fn draw(&self, request: SceneRequest) -> Result<u64, SceneError> {
+    pub async fn draw(&self, request: SceneRequest) -> Result<(u64, bool), SceneError> {
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
         let waiting = Waiting(self.waiting.clone());
         if queued > self.defaults.queue_capacity {
@@ -189,10 +194,11 @@ impl TextToImageService {
         }
         let cancelled = Arc::new(AtomicBool::new(false));
         let _guard = CancelOnDrop(cancelled.clone());
-        let (pipeline, gallery, drawing) = (
+        let (pipeline, gallery, drawing, safety) = (
             self.pipeline.clone(),
             self.gallery.clone(),
             self.drawing.clone(),
+            self.safety.clone(),
         );
         tokio::task::spawn_blocking(move || {
             let _waiting = waiting;
@@ -201,14 +207,18 @@ impl TextToImageService {
                 return Err(SceneError::Core(AvatarError::Cancelled));
             }
             let go_on = |_| !cancelled.load(Ordering::Relaxed);
-            let mut images = match &request.reference {
+            let images = match &request.reference {
                 Some((image, strength)) => {
                     pipeline.image_to_image(image, *strength, &request.options, go_on)?
                 }
                 None => pipeline.text_to_image(&request.options, go_on)?,
             };
+            let (mut images, flagged) = match &safety {
+                Some(filter) => filter.filter(images, None)?,
+                None => (images, vec![false]),
+            };
             let png = encode(&images.remove(0), ImageFormat::Png)?;
-            Ok(gallery.save(&png)?)
+            Ok((gallery.save(&png)?, flagged[0]))
         })
         .await
         .map_err(|e| SceneError::Core(AvatarError::Backend(format!("the drawing failed: {e}"))))?

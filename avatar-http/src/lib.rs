@@ -256,7 +256,12 @@ impl Server {
         );
         let diffusion = {
             let (apps, device) = (config.diffusion_apps()?, config.device);
-            tokio::task::spawn_blocking(move || DiffusionApps::load(&apps, device)).await??
+            let safety = config.safety_checker.clone();
+            let how = config.safety_checker_type;
+            tokio::task::spawn_blocking(move || {
+                DiffusionApps::load(&apps, safety.as_deref().map(|dir| (dir, how)), device)
+            })
+            .await??
         };
         let scenes = match diffusion.get("default") {
             Some(pipeline) => {
@@ -266,6 +271,7 @@ impl Server {
                     .unwrap_or_else(|| config.resolved_data_dir().join("gallery"));
                 let service = crate::gallery::TextToImageService::new(
                     pipeline.clone(),
+                    diffusion.safety().cloned(),
                     &gallery,
                     config.text_to_image_defaults(),
                 )?;

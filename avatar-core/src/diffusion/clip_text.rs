@@ -149,24 +149,18 @@ impl ClipTextConfig {
                 .with_epsilon(self.layer_norm_eps)
                 .init(device)
         };
-        let layers = (0..self.num_hidden_layers)
-            .map(|_| ClipEncoderLayer {
-                self_attn: ClipAttention {
-                    q_proj: LinearConfig::new(h, h).init(device),
-                    k_proj: LinearConfig::new(h, h).init(device),
-                    v_proj: LinearConfig::new(h, h).init(device),
-                    out_proj: LinearConfig::new(h, h).init(device),
-                    heads: self.num_attention_heads,
-                },
-                layer_norm1: norm(),
-                mlp: ClipMlp {
-                    fc1: LinearConfig::new(h, self.intermediate_size).init(device),
-                    fc2: LinearConfig::new(self.intermediate_size, h).init(device),
-                    quick_gelu: self.hidden_act == ClipActivation::QuickGelu,
-                },
-                layer_norm2: norm(),
-            })
-            .collect();
+        let encoder = ClipEncoder::new(
+            &ClipEncoderShape {
+                hidden_size: h,
+                intermediate_size: self.intermediate_size,
+                num_hidden_layers: self.num_hidden_layers,
+                num_attention_heads: self.num_attention_heads,
+                layer_norm_eps: self.layer_norm_eps,
+                hidden_act: self.hidden_act,
+                causal: true,
+            },
+            device,
+        );
         Ok(ClipTextModel {
             text_model: ClipTextTransformer {
                 embeddings: ClipEmbeddings {
@@ -174,7 +168,7 @@ impl ClipTextConfig {
                     position_embedding: EmbeddingConfig::new(self.max_position_embeddings, h)
                         .init(device),
                 },
-                encoder: ClipEncoder { layers },
+                encoder,
                 final_layer_norm: norm(),
             },
             text_projection: self
@@ -194,7 +188,7 @@ pub struct ClipEmbeddings {
     pub position_embedding: Embedding,
 }
 
-/// Multi-head causal self-attention.
+/// Multi-head self-attention (causal in the text tower, not in the vision tower).
 #[derive(Module, Debug)]
 pub struct ClipAttention {
     /// Query projection.
@@ -206,10 +200,11 @@ pub struct ClipAttention {
     /// Output projection.
     pub out_proj: Linear,
     heads: usize,
+    causal: bool,
 }
 
 impl ClipAttention {
-    /// `[B, S, H] -> [B, S, H]` with a causal mask.
+    /// `[B, S, H] -> [B, S, H]` (with a causal mask in the text tower).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, s, h] = x.dims();
         let split = |t: Tensor<3>| {
@@ -220,7 +215,7 @@ impl ClipAttention {
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
         let options = AttentionModuleOptions {
-            is_causal: true,
+            is_causal: self.causal,
             ..Default::default()
         };
         let out = attention(q, k, v, None, None, options)
@@ -279,6 +274,65 @@ impl ClipEncoderLayer {
 pub struct ClipEncoder {
     /// Layers in order.
     pub layers: Vec<ClipEncoderLayer>,
+}
+
+/// The shape of a CLIP encoder stack (shared by the text and vision towers).
+#[derive(Debug, Clone, Copy)]
+pub struct ClipEncoderShape {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// MLP activation.
+    pub hidden_act: ClipActivation,
+    /// Causal attention (text) or full attention (vision).
+    pub causal: bool,
+}
+
+impl ClipEncoder {
+    /// A stack with default-initialised weights.
+    pub fn new(shape: &ClipEncoderShape, device: &Device) -> Self {
+        let h = shape.hidden_size;
+        let norm = || {
+            LayerNormConfig::new(h)
+                .with_epsilon(shape.layer_norm_eps)
+                .init(device)
+        };
+        let layers = (0..shape.num_hidden_layers)
+            .map(|_| ClipEncoderLayer {
+                self_attn: ClipAttention {
+                    q_proj: LinearConfig::new(h, h).init(device),
+                    k_proj: LinearConfig::new(h, h).init(device),
+                    v_proj: LinearConfig::new(h, h).init(device),
+                    out_proj: LinearConfig::new(h, h).init(device),
+                    heads: shape.num_attention_heads,
+                    causal: shape.causal,
+                },
+                layer_norm1: norm(),
+                mlp: ClipMlp {
+                    fc1: LinearConfig::new(h, shape.intermediate_size).init(device),
+                    fc2: LinearConfig::new(shape.intermediate_size, h).init(device),
+                    quick_gelu: shape.hidden_act == ClipActivation::QuickGelu,
+                },
+                layer_norm2: norm(),
+            })
+            .collect();
+        ClipEncoder { layers }
+    }
+
+    /// Runs every layer.
+    pub fn forward(&self, mut x: Tensor<3>) -> Tensor<3> {
+        for layer in &self.layers {
+            x = layer.forward(x);
+        }
+        x
+    }
 }
 
 /// Embeddings, layers and the final norm (`text_model.*`).

@@ -6,6 +6,9 @@
 //!   prompt, background keying).
 //! - [`tokenizer`]: CLIP's byte-level BPE tokenizer.
 //! - [`clip_text`]: the CLIP text encoders (SD1.5's CLIP-L, SDXL's CLIP-L + OpenCLIP bigG).
+//! - [`clip_vision`]: transformers' CLIP vision tower.
+//! - [`safety_checker`]: diffusers' `StableDiffusionSafetyChecker` and the obfuscations of
+//!   flagged images.
 //! - [`denoise`]: the guided denoising loop and latent decoding shared by the pipelines.
 //! - [`unet`]: `UNet2DConditionModel` ([`transformer_2d`], [`attention`], [`embeddings`]).
 //! - [`vae`]: the KL autoencoder (`AutoencoderKL`); [`resnet`]: blocks shared with the UNet.
@@ -15,11 +18,13 @@
 
 pub mod attention;
 pub mod clip_text;
+pub mod clip_vision;
 pub mod denoise;
 pub mod embeddings;
 pub mod face_avatar;
 pub mod pipeline;
 pub mod resnet;
+pub mod safety_checker;
 pub mod schedulers;
 pub mod single_file;
 pub mod tokenizer;

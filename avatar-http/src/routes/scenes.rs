@@ -25,6 +25,8 @@ pub struct SceneImage {
     pub image_url: String,
     /// Its counter: pass it as `reference_image` to keep the character.
     pub image_id: u64,
+    /// Whether the safety checker flagged (and replaced) the image (`false` without one).
+    pub nsfw_content_detected: bool,
     /// The seed it was drawn with (send it back to redraw the same image; a text seed is
     /// reported as the number it hashes to).
     pub seed: u64,
@@ -210,7 +212,7 @@ pub async fn generate_scene(
     })
     .await
     .map_err(|e| Detail::message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let image_id = service.draw(request).await.map_err(|e| match e {
+    let (image_id, nsfw_content_detected) = service.draw(request).await.map_err(|e| match e {
         SceneError::Core(core) => Detail::from(core),
         SceneError::Busy(_) => Detail::message(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         SceneError::Io(_) => Detail::message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -218,6 +220,7 @@ pub async fn generate_scene(
     Ok(Json(SceneImage {
         image_url: format!("{}/images/{image_id}.png", app.base_url(&headers)),
         image_id,
+        nsfw_content_detected,
         seed,
     }))
 }

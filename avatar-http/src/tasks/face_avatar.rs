@@ -7,6 +7,7 @@ use std::sync::Arc;
 use avatar_core::AvatarError;
 use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, face_avatars};
 use avatar_core::diffusion::pipeline::StableDiffusion;
+use avatar_core::diffusion::safety_checker::{Obfuscation, SafetyFilter};
 use avatar_core::imaging::{ImageFormat, encode};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -21,12 +22,16 @@ pub const LANE: &str = "diffusion";
 /// The configured Stable Diffusion pipelines by `app_id` (loaded once, shared by every lane
 /// and route).
 #[derive(Debug, Clone, Default)]
-pub struct DiffusionApps(Arc<BTreeMap<String, Arc<StableDiffusion>>>);
+pub struct DiffusionApps(
+    Arc<BTreeMap<String, Arc<StableDiffusion>>>,
+    Option<Arc<SafetyFilter>>,
+);
 
 impl DiffusionApps {
     /// Loads each `(app_id, diffusers folder)` on `device` (blocking).
     pub fn load(
         apps: &[(String, std::path::PathBuf)],
+        safety: Option<(&std::path::Path, Obfuscation)>,
         device: avatar_core::DeviceSpec,
     ) -> Result<Self, String> {
         let device = device.device().map_err(|e| e.to_string())?;
@@ -36,12 +41,24 @@ impl DiffusionApps {
                 .map_err(|e| format!("model {id:?} ({}): {e}", dir.display()))?;
             loaded.insert(id.clone(), Arc::new(pipeline));
         }
-        Ok(DiffusionApps(Arc::new(loaded)))
+        let safety = match safety {
+            Some((dir, how)) => Some(Arc::new(
+                SafetyFilter::load(dir, how, &device)
+                    .map_err(|e| format!("safety checker ({}): {e}", dir.display()))?,
+            )),
+            None => None,
+        };
+        Ok(DiffusionApps(Arc::new(loaded), safety))
     }
 
     /// The pipeline of `app_id`.
     pub fn get(&self, app_id: &str) -> Option<&Arc<StableDiffusion>> {
         self.0.get(app_id)
+    }
+
+    /// The safety checker, when configured (`--safety-checker`).
+    pub fn safety(&self) -> Option<&Arc<SafetyFilter>> {
+        self.1.as_ref()
     }
 
     /// The configured ids, sorted.
@@ -129,6 +146,13 @@ impl Job<DiffusionApps> for FaceAvatarJob {
             AvatarError::Cancelled => JobError::Cancelled,
             other => failed(&other),
         })?;
+        let (images, flagged) = match apps.safety() {
+            Some(filter) => filter.filter(images, None).map_err(|e| failed(&e))?,
+            None => {
+                let n = images.len();
+                (images, vec![false; n])
+            }
+        };
         for (index, image) in images.iter().enumerate() {
             let bytes = encode(image, ImageFormat::Png).map_err(|e| failed(&e))?;
             ctx.push_result(Artifact {
@@ -138,6 +162,7 @@ impl Job<DiffusionApps> for FaceAvatarJob {
                     "app_id": self.spec.app_id,
                     "seed": options.seed,
                     "index": index,
+                    "nsfw_content_detected": flagged[index],
                     "width": image.width(),
                     "height": image.height(),
                 }),

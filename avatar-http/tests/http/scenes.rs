@@ -201,3 +201,57 @@ async fn drawing_outlasts_the_request_timeout() {
     );
     s.stop().await;
 }
+
+/// A copy of avatar-core's tiny safety checker whose 17 concept thresholds are all `threshold`
+/// (-2: every image is flagged; 2: none is).
+fn safety_checker(threshold: f32) -> tempfile::TempDir {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../avatar-core/tests/fixtures/safety_checker");
+    let bytes = std::fs::read(fixtures.join("model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let weights: Vec<u8> = std::iter::repeat_n(threshold.to_le_bytes(), 17)
+        .flatten()
+        .collect();
+    let replaced =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![17], &weights).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            if name == "concept_embeds_weights" {
+                (name, replaced.clone())
+            } else {
+                (name, view)
+            }
+        })
+        .collect();
+    let dir = temp_dir();
+    safetensors::serialize_to_file(tensors, None, &dir.path().join("model.safetensors")).unwrap();
+    std::fs::copy(fixtures.join("config.json"), dir.path().join("config.json")).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_safety_checker_replaces_flagged_images() {
+    for (threshold, how, flagged) in [
+        (-2.0, "black", true),
+        (-2.0, "pixelate", true),
+        (2.0, "black", false),
+    ] {
+        let gallery = temp_dir();
+        let checker = safety_checker(threshold);
+        let mut config = sd_config(gallery.path());
+        config.safety_checker = Some(checker.path().to_path_buf());
+        config.safety_checker_type = how.parse().unwrap();
+        let s = TestServer::start(config).await;
+        let (status, body) = generate(&s, json!({"prompt": "x", "seed": 1})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["nsfw_content_detected"], flagged, "{how}: {body}");
+        let image = image::load_from_memory(&png(&s, body["image_url"].as_str().unwrap()).await)
+            .unwrap()
+            .to_rgba8();
+        let black = image.pixels().all(|p| p[0] == 0 && p[1] == 0 && p[2] == 0);
+        assert_eq!(black, flagged && how == "black", "{how}");
+        s.stop().await;
+    }
+}

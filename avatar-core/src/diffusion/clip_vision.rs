@@ -1,0 +1,172 @@
+//! transformers' CLIP vision tower (`CLIPVisionTransformer`): patch embedding, class token,
+//! learned positions, `pre_layrnorm`, the shared CLIP encoder (full attention) and
+//! `post_layernorm` on the class token. Used by the safety checker (and the image encoders of
+//! the face adapters).
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::tensor::{Device, Int, Tensor};
+use serde::Deserialize;
+
+use super::clip_text::{ClipActivation, ClipEncoder, ClipEncoderShape};
+use crate::error::{AvatarError, Result};
+
+/// A CLIP vision tower's config: transformers' `CLIPVisionConfig` (unknown keys ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ClipVisionConfig {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Input side in pixels.
+    pub image_size: usize,
+    /// Patch side in pixels.
+    pub patch_size: usize,
+    /// Input channels.
+    #[serde(default = "three")]
+    pub num_channels: usize,
+    /// LayerNorm epsilon.
+    #[serde(default = "eps")]
+    pub layer_norm_eps: f64,
+    /// MLP activation.
+    #[serde(default = "quick_gelu")]
+    pub hidden_act: ClipActivation,
+}
+
+fn three() -> usize {
+    3
+}
+
+fn eps() -> f64 {
+    1e-5
+}
+
+fn quick_gelu() -> ClipActivation {
+    ClipActivation::QuickGelu
+}
+
+impl ClipVisionConfig {
+    /// Checks the shape.
+    pub fn check(&self) -> Result<()> {
+        let bad = |message: String| Err(AvatarError::Config(format!("CLIP vision: {message}")));
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            return bad(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+            return bad(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the tower with default-initialised weights.
+    pub fn init(&self, device: &Device) -> Result<ClipVisionTransformer> {
+        self.check()?;
+        let h = self.hidden_size;
+        let grid = self.image_size / self.patch_size;
+        let norm = || {
+            LayerNormConfig::new(h)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        Ok(ClipVisionTransformer {
+            embeddings: ClipVisionEmbeddings {
+                class_embedding: Param::from_tensor(Tensor::zeros([h], device)),
+                patch_embedding: Conv2dConfig::new(
+                    [self.num_channels, h],
+                    [self.patch_size, self.patch_size],
+                )
+                .with_stride([self.patch_size, self.patch_size])
+                .with_bias(false)
+                .init(device),
+                position_embedding: EmbeddingConfig::new(grid * grid + 1, h).init(device),
+            },
+            pre_layrnorm: norm(),
+            encoder: ClipEncoder::new(
+                &ClipEncoderShape {
+                    hidden_size: h,
+                    intermediate_size: self.intermediate_size,
+                    num_hidden_layers: self.num_hidden_layers,
+                    num_attention_heads: self.num_attention_heads,
+                    layer_norm_eps: self.layer_norm_eps,
+                    hidden_act: self.hidden_act,
+                    causal: false,
+                },
+                device,
+            ),
+            post_layernorm: norm(),
+            image_size: self.image_size,
+        })
+    }
+}
+
+/// Class token, patch embedding and learned positions.
+#[derive(Module, Debug)]
+pub struct ClipVisionEmbeddings {
+    /// `[hidden]`.
+    pub class_embedding: Param<Tensor<1>>,
+    /// Patches to the residual stream (no bias).
+    pub patch_embedding: Conv2d,
+    /// `[patches + 1, hidden]`.
+    pub position_embedding: Embedding,
+}
+
+/// The vision tower (`vision_model.*`).
+#[derive(Module, Debug)]
+pub struct ClipVisionTransformer {
+    /// Embeddings.
+    pub embeddings: ClipVisionEmbeddings,
+    /// Norm before the layers (transformers' spelling).
+    pub pre_layrnorm: LayerNorm,
+    /// The layers.
+    pub encoder: ClipEncoder,
+    /// Norm of the pooled class token.
+    pub post_layernorm: LayerNorm,
+    image_size: usize,
+}
+
+impl ClipVisionTransformer {
+    /// The input side in pixels.
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    /// `[B, C, S, S]` normalised pixels -> (last hidden state `[B, 1 + patches, H]`, pooled
+    /// output `[B, H]` = `post_layernorm` of the class token).
+    pub fn forward(&self, pixel_values: Tensor<4>) -> (Tensor<3>, Tensor<2>) {
+        let device = pixel_values.device();
+        let patches = self.embeddings.patch_embedding.forward(pixel_values);
+        let [b, h, gh, gw] = patches.dims();
+        let tokens = patches.reshape([b, h, gh * gw]).swap_dims(1, 2);
+        let class = self
+            .embeddings
+            .class_embedding
+            .val()
+            .reshape([1, 1, h])
+            .expand([b, 1, h]);
+        let x = Tensor::cat(vec![class, tokens], 1);
+        let positions =
+            Tensor::<1, Int>::arange(0..(gh * gw + 1) as i64, &device).reshape([1, gh * gw + 1]);
+        let x = x + self.embeddings.position_embedding.forward(positions);
+        let x = self.encoder.forward(self.pre_layrnorm.forward(x));
+        let [_, s, _] = x.dims();
+        let pooled = self
+            .post_layernorm
+            .forward(x.clone().narrow(1, 0, 1))
+            .reshape([b, h]);
+        debug_assert_eq!(s, gh * gw + 1);
+        (x, pooled)
+    }
+}
