@@ -28,6 +28,19 @@ export declare class AvatarGenerator {
   generateBatch(options: BatchOptions, onProgress?: ((progress: Progress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
 }
 
+/** diffusers' Stable Diffusion safety checker (a `safety_checker/` folder). */
+export declare class SafetyChecker {
+  /** Loads a diffusers `safety_checker/` folder on `device`. */
+  constructor(model: string, device?: string | undefined | null)
+  /** Whether each encoded image shows a flagged concept (computed on the libuv pool). */
+  check(images: Array<Buffer>): Promise<boolean[]>
+  /**
+   * An encoded image replaced as `how` says (`black`, `blur`, `pixelate`,
+   * `sensitive_content_text`), as PNG.
+   */
+  static obfuscate(image: Buffer, how?: string | undefined | null): Buffer
+}
+
 /** A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder. */
 export declare class StableDiffusion {
   /** Loads a diffusers folder (`model_index.json`, `unet/`, `vae/`, ...) on `device`. */

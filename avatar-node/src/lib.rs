@@ -98,6 +98,7 @@ fn js_field(field: &str) -> &str {
         "num_inference_steps" => "numInferenceSteps",
         "guidance_scale" => "guidanceScale",
         "remove_background" => "removeBackground",
+        "safety_checker_type" => "how",
         other => other,
     }
 }
@@ -876,6 +877,91 @@ pub struct FaceAvatarOptions {
     pub bg_color: Option<String>,
     /// Seed: an integer or any string.
     pub seed: Option<Either<f64, String>>,
+}
+
+/// diffusers' Stable Diffusion safety checker (a `safety_checker/` folder).
+#[napi]
+pub struct SafetyChecker {
+    inner: Arc<avatar_core::diffusion::safety_checker::SafetyChecker>,
+    device: avatar_core::burn::tensor::Device,
+}
+
+/// A safety check on the libuv pool.
+pub struct SafetyTask {
+    checker: Arc<avatar_core::diffusion::safety_checker::SafetyChecker>,
+    device: avatar_core::burn::tensor::Device,
+    images: Vec<image::RgbaImage>,
+}
+
+impl Task for SafetyTask {
+    type Output = Result<Vec<bool>, AvatarError>;
+    type JsValue = Vec<bool>;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        Ok(self
+            .checker
+            .check_images(&self.images, &self.device)
+            .map(|verdicts| verdicts.iter().map(|v| v.has_nsfw_concept).collect()))
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> napi::Result<Self::JsValue> {
+        output.map_err(|e| throwable(&env, &e))
+    }
+}
+
+#[napi]
+impl SafetyChecker {
+    /// Loads a diffusers `safety_checker/` folder on `device`.
+    #[napi(constructor)]
+    pub fn new(env: Env, model: String, device: Option<String>) -> napi::Result<Self> {
+        let load = || -> Result<_, AvatarError> {
+            let spec: DeviceSpec = device.as_deref().unwrap_or("cpu").parse()?;
+            let device = spec.device()?;
+            let inner = avatar_core::diffusion::safety_checker::SafetyChecker::load(
+                std::path::Path::new(&model),
+                &device,
+            )?;
+            Ok((inner, device))
+        };
+        let (inner, device) = load().map_err(|e| sync_error(&env, e))?;
+        Ok(SafetyChecker {
+            inner: Arc::new(inner),
+            device,
+        })
+    }
+
+    /// Whether each encoded image shows a flagged concept (computed on the libuv pool).
+    #[napi(ts_return_type = "Promise<boolean[]>")]
+    pub fn check(&self, env: Env, images: Vec<Buffer>) -> napi::Result<AsyncTask<SafetyTask>> {
+        let images = images
+            .iter()
+            .map(|bytes| decode_image("images", bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sync_error(&env, e))?;
+        Ok(AsyncTask::new(SafetyTask {
+            checker: self.inner.clone(),
+            device: self.device.clone(),
+            images,
+        }))
+    }
+
+    /// An encoded image replaced as `how` says (`black`, `blur`, `pixelate`,
+    /// `sensitive_content_text`), as PNG.
+    #[napi]
+    pub fn obfuscate(env: Env, image: Buffer, how: Option<String>) -> napi::Result<Buffer> {
+        let run = || -> Result<Vec<u8>, AvatarError> {
+            let how = how
+                .as_deref()
+                .unwrap_or("black")
+                .parse::<avatar_core::diffusion::safety_checker::Obfuscation>()?;
+            let image = decode_image("image", &image)?;
+            avatar_core::imaging::encode(
+                &avatar_core::diffusion::safety_checker::obfuscate(&image, how),
+                ImageFormat::Png,
+            )
+        };
+        run().map(Buffer::from).map_err(|e| sync_error(&env, e))
+    }
 }
 
 /// Generators of the module-level functions, loaded on first use (CPU, embedded weights).

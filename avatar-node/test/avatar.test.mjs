@@ -179,3 +179,18 @@ test('StableDiffusion.faceAvatar draws seed 001 avatars from a reference photo',
   assert.throws(() => pipe.faceAvatar({ image: photo, numInferenceSteps: 51 }), (e) => e.field === 'numInferenceSteps');
   assert.throws(() => pipe.faceAvatar({ image: Buffer.from('x') }), (e) => e.field === 'image');
 });
+
+test('SafetyChecker checks encoded images and obfuscates them', async () => {
+  const dir = new URL('../../avatar-core/tests/fixtures/safety_checker', import.meta.url).pathname;
+  const checker = new avatar.SafetyChecker(dir);
+  const png = avatar.generateSync({ seed: 'safe', size: 'small' });
+  const flags = await checker.check([png, png]);
+  assert.equal(flags.length, 2);
+  assert.equal(flags[0], flags[1]);
+  assert.equal(typeof flags[0], 'boolean');
+  const black = avatar.SafetyChecker.obfuscate(png, 'pixelate');
+  assert.deepEqual(pngInfo(black), { width: 96, height: 96, colorType: 6 });
+  assert.throws(() => avatar.SafetyChecker.obfuscate(png, 'nope'), (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'how');
+  assert.throws(() => checker.check([Buffer.from('x')]), (e) => e.field === 'images');
+  assert.throws(() => new avatar.SafetyChecker('/nonexistent'), (e) => e.code === 'ERR_IO');
+});

@@ -658,12 +658,67 @@ impl VqganClip {
     }
 }
 
+/// diffusers' Stable Diffusion safety checker (a `safety_checker/` folder).
+#[pyclass(frozen, module = "avatar")]
+struct SafetyChecker {
+    inner: avatar_core::diffusion::safety_checker::SafetyChecker,
+    device: avatar_core::burn::tensor::Device,
+}
+
+#[pymethods]
+impl SafetyChecker {
+    #[new]
+    #[pyo3(signature = (model, device = "cpu"))]
+    fn new(py: Python<'_>, model: std::path::PathBuf, device: &str) -> PyResult<Self> {
+        let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
+        py.detach(|| {
+            let device = spec.device()?;
+            let inner =
+                avatar_core::diffusion::safety_checker::SafetyChecker::load(&model, &device)?;
+            Ok(SafetyChecker { inner, device })
+        })
+        .map_err(to_py_err)
+    }
+
+    /// Whether each image (`PIL.Image.Image`) shows a flagged concept.
+    fn check(&self, py: Python<'_>, images: Vec<Bound<'_, PyAny>>) -> PyResult<Vec<bool>> {
+        let images = images
+            .iter()
+            .map(|image| from_pil("images", image))
+            .collect::<PyResult<Vec<_>>>()?;
+        let verdicts = py
+            .detach(|| self.inner.check_images(&images, &self.device))
+            .map_err(to_py_err)?;
+        Ok(verdicts.iter().map(|v| v.has_nsfw_concept).collect())
+    }
+
+    /// `image` replaced as seed 002's `safety_checker_type` says: `black`, `blur`, `pixelate`
+    /// or `sensitive_content_text`.
+    #[staticmethod]
+    #[pyo3(signature = (image, how = "black"))]
+    fn obfuscate<'py>(
+        py: Python<'py>,
+        image: Bound<'py, PyAny>,
+        how: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let how = how
+            .parse::<avatar_core::diffusion::safety_checker::Obfuscation>()
+            .map_err(to_py_err)?;
+        let image = from_pil("image", &image)?;
+        to_pil(
+            py,
+            avatar_core::diffusion::safety_checker::obfuscate(&image, how),
+        )
+    }
+}
+
 /// The `avatar._native` extension module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AvatarGenerator>()?;
     m.add_class::<StableDiffusion>()?;
     m.add_class::<VqganClip>()?;
+    m.add_class::<SafetyChecker>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_BATCH", avatar_core::avatar::MAX_BATCH_WITH_PROGRESS)?;
     Ok(())

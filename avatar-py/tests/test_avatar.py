@@ -271,3 +271,22 @@ def test_vqgan_clip_cancels_and_names_bad_options() -> None:
     with pytest.raises(avatar.AvatarIOError):
         avatar.VqganClip(VQGAN_CLIP / "vqgan.yaml", VQGAN_CLIP / "missing.ckpt", VQGAN_CLIP / "clip.safetensors",
                          clip_config=VQGAN_CLIP / "clip_config.json")
+
+
+SAFETY = Path(__file__).resolve().parents[2] / "avatar-core/tests/fixtures/safety_checker"
+
+
+def test_safety_checker_and_obfuscations() -> None:
+    checker = avatar.SafetyChecker(SAFETY)
+    photo = Image.new("RGB", (64, 48), (200, 120, 90))
+    flags = checker.check([photo, photo.convert("RGBA")])
+    assert len(flags) == 2 and all(isinstance(f, bool) for f in flags)
+    assert flags[0] == flags[1]
+    black = avatar.SafetyChecker.obfuscate(photo, "black")
+    assert black.size == (64, 48) and black.convert("RGB").getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert avatar.SafetyChecker.obfuscate(photo, "sensitive_content_text").size == (64, 48)
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        avatar.SafetyChecker.obfuscate(photo, "nope")
+    assert info.value.field == "safety_checker_type"
+    with pytest.raises(avatar.AvatarIOError):
+        avatar.SafetyChecker(SAFETY / "missing")

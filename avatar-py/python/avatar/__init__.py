@@ -13,7 +13,7 @@ from ._errors import (
     InvalidOptionError,
     WeightsError,
 )
-from ._native import MAX_BATCH, AvatarGenerator, StableDiffusion, VqganClip, __version__
+from ._native import MAX_BATCH, AvatarGenerator, SafetyChecker, StableDiffusion, VqganClip, __version__
 
 __all__ = [
     "MAX_BATCH",
@@ -23,6 +23,7 @@ __all__ = [
     "BackendNotCompiledError",
     "CancelledError",
     "InvalidOptionError",
+    "SafetyChecker",
     "StableDiffusion",
     "VqganClip",
     "WeightsError",

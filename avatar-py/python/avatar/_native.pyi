@@ -156,3 +156,13 @@ class VqganClip:
         display_every: int = 10,
         progress: Optional[Callable[[int, int, float, Optional[Image]], object]] = None,
     ) -> Image: ...
+
+class SafetyChecker:
+    """diffusers' Stable Diffusion safety checker, from a `safety_checker/` folder."""
+
+    def __init__(self, model: Union[str, PathLike[str]], device: str = "cpu") -> None: ...
+    def check(self, images: Sequence[Image]) -> List[bool]: ...
+    @staticmethod
+    def obfuscate(
+        image: Image, how: Literal["black", "blur", "pixelate", "sensitive_content_text"] = "black"
+    ) -> Image: ...
