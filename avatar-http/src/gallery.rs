@@ -17,9 +17,10 @@ use image::RgbaImage;
 #[derive(Debug)]
 pub struct Gallery {
     dir: PathBuf,
-    /// Held while an image is written; the next counter.
-    next: Mutex<u64>,
-    /// Images readable (published after each rename): readers never wait for a writer.
+    /// Held while an image is written (one writer at a time).
+    writing: Mutex<()>,
+    /// Images saved, i.e. the next counter (published after each rename): readers never wait
+    /// for a writer.
     published: AtomicU64,
 }
 
@@ -40,7 +41,7 @@ impl Gallery {
         }
         Ok(Gallery {
             dir: dir.to_path_buf(),
-            next: Mutex::new(next),
+            writing: Mutex::new(()),
             published: AtomicU64::new(next),
         })
     }
@@ -58,12 +59,11 @@ impl Gallery {
     /// Saves a PNG under the next counter (written to a temporary file, then renamed, so a
     /// reader never sees half an image) and returns the counter.
     pub fn save(&self, png: &[u8]) -> std::io::Result<u64> {
-        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        let n = *next;
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self.published.load(Ordering::Acquire);
         let partial = self.dir.join(format!(".{n}.png.partial"));
         std::fs::write(&partial, png)?;
         std::fs::rename(&partial, self.path(n))?;
-        *next = n + 1;
         self.published.store(n + 1, Ordering::Release);
         Ok(n)
     }
@@ -179,7 +179,7 @@ impl TextToImageService {
     }
 
     /// The numbered images.
-    pub fn gallery(&self) -> &Gallery {
+    pub fn gallery(&self) -> &Arc<Gallery> {
         &self.gallery
     }
 

@@ -15,11 +15,7 @@ use serde::Deserialize;
 use super::clip_vision::{ClipVisionConfig, ClipVisionTransformer};
 use super::weights::{KeyMap, load_strict, tensor_names};
 use crate::error::{AvatarError, Result};
-use crate::imaging::rgb_to_tensor;
-
-/// CLIP's image normalisation (OpenAI).
-const MEAN: [f32; 3] = [0.481_454_7, 0.457_827_5, 0.408_210_8];
-const STD: [f32; 3] = [0.268_629_5, 0.261_302_6, 0.275_777_1];
+use crate::imaging::{clip_normalize, rgb_to_tensor};
 
 /// The checker's `config.json` (transformers' `CLIPConfig`; only the vision part is used).
 #[derive(Debug, Clone, Deserialize)]
@@ -213,10 +209,7 @@ impl SafetyChecker {
         let cropped =
             image::imageops::crop_imm(&resized, (nw - side) / 2, (nh - side) / 2, side, side)
                 .to_image();
-        let pixels = rgb_to_tensor(&cropped, device);
-        let mean = Tensor::<1>::from_floats(MEAN, device).reshape([1, 3, 1, 1]);
-        let std = Tensor::<1>::from_floats(STD, device).reshape([1, 3, 1, 1]);
-        (pixels - mean) / std
+        clip_normalize(rgb_to_tensor(&cropped, device))
     }
 
     /// The verdicts of RGBA images (preprocessed here).

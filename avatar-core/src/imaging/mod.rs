@@ -9,4 +9,4 @@ mod tensor;
 pub use color::Color;
 pub use encode::{ImageFormat, encode, resize};
 pub use matte::{MatteOptions, composite_over, key_background};
-pub use tensor::{rgb_to_tensor, tensor_to_rgba};
+pub use tensor::{CLIP_MEAN, CLIP_STD, clip_normalize, rgb_to_tensor, tensor_to_rgba};

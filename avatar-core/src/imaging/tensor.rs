@@ -5,6 +5,23 @@ use image::RgbaImage;
 
 use crate::error::{AvatarError, Result};
 
+/// CLIP's image normalisation mean (RGB), digits as OpenAI published them.
+#[allow(clippy::excessive_precision)]
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// CLIP's image normalisation standard deviation (RGB), digits as published.
+#[allow(clippy::excessive_precision)]
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+
+/// `(x - mean) / std` per channel with CLIP's statistics, for `[N, 3, H, W]` in [0, 1].
+pub fn clip_normalize(images: Tensor<4>) -> Tensor<4> {
+    let device = images.device();
+    let mean = Tensor::<1>::from_data(TensorData::new(CLIP_MEAN.to_vec(), [3]), &device)
+        .reshape([1, 3, 1, 1]);
+    let std = Tensor::<1>::from_data(TensorData::new(CLIP_STD.to_vec(), [3]), &device)
+        .reshape([1, 3, 1, 1]);
+    (images - mean) / std
+}
+
 /// An image's RGB channels as a `[1, 3, H, W]` tensor in [0, 1] (alpha is dropped).
 pub fn rgb_to_tensor(image: &RgbaImage, device: &Device) -> Tensor<4> {
     let (w, h) = image.dimensions();

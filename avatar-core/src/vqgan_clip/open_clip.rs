@@ -20,12 +20,7 @@ use serde::Deserialize;
 use crate::diffusion::weights::{KeyMap, load_strict, load_strict_pytorch};
 use crate::error::{AvatarError, Result};
 
-/// CLIP's image normalisation mean (RGB), digits as OpenAI published them.
-#[allow(clippy::excessive_precision)]
-pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// CLIP's image normalisation standard deviation (RGB), digits as published.
-#[allow(clippy::excessive_precision)]
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+pub use crate::imaging::{CLIP_MEAN, CLIP_STD};
 
 /// The image tower's shape (open_clip's `vision_cfg`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -21,7 +21,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::RgbaImage;
 
 use super::cutouts::{Augmentations, Cutout, draw_cutouts, make_cutouts};
-use super::open_clip::{CLIP_MEAN, CLIP_STD, OpenClip, OpenClipConfig};
+use super::open_clip::{OpenClip, OpenClipConfig};
 use super::prompts::{Prompt, PromptSpec};
 use super::vqgan::{VqModel, VqganConfig};
 use crate::diffusion::tokenizer::ClipTokenizer;
@@ -579,12 +579,4 @@ impl LatentOptimizer {
     }
 }
 
-/// `(x - mean) / std` per channel with CLIP's statistics.
-pub fn clip_normalize(images: Tensor<4>) -> Tensor<4> {
-    let device = images.device();
-    let mean = Tensor::<1>::from_data(TensorData::new(CLIP_MEAN.to_vec(), [3]), &device)
-        .reshape([1, 3, 1, 1]);
-    let std = Tensor::<1>::from_data(TensorData::new(CLIP_STD.to_vec(), [3]), &device)
-        .reshape([1, 3, 1, 1]);
-    (images - mean) / std
-}
+pub use crate::imaging::clip_normalize;

@@ -158,6 +158,16 @@ pub fn parse_options(body: &Map<String, Value>) -> Result<FaceAvatarOptions, Fac
     Ok(options)
 }
 
+/// The options as drawn (the prompt resolved) with the model.
+fn options_echo(app_id: &str, options: &FaceAvatarOptions) -> Value {
+    let mut echo = serde_json::to_value(options).unwrap_or_default();
+    if let Value::Object(map) = &mut echo {
+        map.insert("prompt".into(), Value::String(options.resolved_prompt()));
+        map.insert("app_id".into(), Value::String(app_id.into()));
+    }
+    echo
+}
+
 /// The echo of a request: its options as drawn, the image described rather than copied.
 fn input_echo(image: &str, app_id: &str, celery: bool, options: &FaceAvatarOptions) -> Value {
     let image = if image.starts_with("data:") || !image.contains("://") {
@@ -165,34 +175,39 @@ fn input_echo(image: &str, app_id: &str, celery: bool, options: &FaceAvatarOptio
     } else {
         image.to_string()
     };
-    let mut echo = serde_json::to_value(options).unwrap_or_default();
+    let mut echo = options_echo(app_id, options);
     if let Value::Object(map) = &mut echo {
-        map.insert("prompt".into(), Value::String(options.resolved_prompt()));
         map.insert("image".into(), Value::String(image));
-        map.insert("app_id".into(), Value::String(app_id.into()));
         map.insert("celery".into(), Value::Bool(celery));
     }
     echo
 }
 
+/// What a status answer needs of a task's spec (read without copying the reference photo).
+#[derive(serde::Deserialize)]
+struct SpecSummary {
+    app_id: String,
+    options: FaceAvatarOptions,
+}
+
+/// Maps a failed blocking task to a 500 in the seed's shape.
+fn join_error(error: tokio::task::JoinError) -> FaceAvatarError {
+    FaceAvatarError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        error.to_string(),
+        Value::Null,
+    )
+}
+
 /// The seed's shape for a task.
 fn respond(app: &AppState, headers: &HeaderMap, record: &TaskRecord) -> FaceAvatarResponse {
     let base = app.base_url(headers);
-    let spec: Option<FaceAvatarSpec> = serde_json::from_value(record.spec.clone()).ok();
-    let (app_id, input) = match &spec {
-        Some(spec) => (
-            spec.app_id.clone(),
-            input_echo("", &spec.app_id, true, &spec.options),
-        ),
-        None => (String::new(), Value::Null),
-    };
-    let input = match input {
-        Value::Object(mut map) => {
-            map.remove("image");
-            map.remove("celery");
-            Value::Object(map)
+    let (app_id, input) = match <SpecSummary as serde::Deserialize>::deserialize(&record.spec) {
+        Ok(spec) => {
+            let input = options_echo(&spec.app_id, &spec.options);
+            (spec.app_id, input)
         }
-        other => other,
+        Err(_) => (String::new(), Value::Null),
     };
     let time_required = match (record.started_at_ms, record.finished_at_ms) {
         (Some(start), Some(end)) => format!("{:.2}", end.saturating_sub(start) as f64 / 1000.0),
@@ -315,13 +330,7 @@ pub async fn get_image_to_image(
         })
     })
     .await
-    .map_err(|e| {
-        FaceAvatarError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.to_string(),
-            Value::Null,
-        )
-    })??;
+    .map_err(join_error)??;
     let app_id = spec.app_id.clone();
     let submit_app = app.clone();
     let record = tokio::task::spawn_blocking(move || {
@@ -330,13 +339,7 @@ pub async fn get_image_to_image(
             .submit(&lane, Box::new(FaceAvatarJob::new(spec)), submit)
     })
     .await
-    .map_err(|e| {
-        FaceAvatarError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.to_string(),
-            Value::Null,
-        )
-    })?
+    .map_err(join_error)?
     .map_err(|error| {
         let (status, message) = match error {
             SubmitError::Busy { .. } => (

@@ -24,6 +24,15 @@ impl FieldError {
     }
 }
 
+/// A request body that must be a JSON object (errors name the field `body`).
+pub fn object(bytes: &[u8]) -> Result<Map<String, Value>, FieldError> {
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(body)) => Ok(body),
+        Ok(_) => Err(FieldError::new("body", "must be a JSON object")),
+        Err(e) => Err(FieldError::new("body", format!("invalid JSON: {e}"))),
+    }
+}
+
 /// The value of `field`, `None` when absent or `null`.
 pub fn present<'a>(body: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
     body.get(field).filter(|v| !v.is_null())

@@ -98,11 +98,7 @@ pub fn parse_scene(
     service: &TextToImageService,
     bytes: &[u8],
 ) -> Result<(SceneRequest, u64), Detail> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Detail::field("body", format!("invalid JSON: {e}")))?;
-    let Value::Object(body) = value else {
-        return Err(Detail::field("body", "must be a JSON object"));
-    };
+    let body = fields::object(bytes)?;
     let prompt = fields::string(&body, "prompt")?
         .filter(|p| !p.trim().is_empty())
         .ok_or_else(|| Detail::field("prompt", "field required"))?;
@@ -124,6 +120,10 @@ pub fn parse_scene(
             })
             .transpose()
     };
+    let (width, height) = (
+        size("width")?.or(defaults.width),
+        size("height")?.or(defaults.height),
+    );
     let reference = match fields::count(&body, "reference_image")? {
         None => None,
         Some(n) => {
@@ -161,10 +161,7 @@ pub fn parse_scene(
             }
             // The requested (or default) size wins: cover it and crop, keeping proportions.
             let (w, h) = image.dimensions();
-            let (w, h) = (
-                size("width")?.or(defaults.width).unwrap_or(w),
-                size("height")?.or(defaults.height).unwrap_or(h),
-            );
+            let (w, h) = (width.unwrap_or(w), height.unwrap_or(h));
             let image = if image.dimensions() == (w, h) {
                 image
             } else {
@@ -181,8 +178,8 @@ pub fn parse_scene(
         num_inference_steps: fields::count(&body, "num_inference_steps")?
             .map_or(defaults.steps, |n| n as usize),
         guidance_scale: fields::number(&body, "guidance_scale")?.unwrap_or(defaults.guidance_scale),
-        width: size("width")?.or(defaults.width),
-        height: size("height")?.or(defaults.height),
+        width,
+        height,
         num_images: 1,
         seed: Some(Seed::Number(seed)),
         ..Default::default()
@@ -239,19 +236,12 @@ pub async fn scene_image(
         .strip_suffix(".png")
         .and_then(|n| n.parse().ok())
         .ok_or_else(missing)?;
-    if n >= service.gallery().len() {
-        return Err(missing());
-    }
-    let png = match tokio::fs::read(service.gallery().path(n)).await {
-        Ok(png) => png,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-        Err(e) => {
-            return Err(Detail::message(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                e.to_string(),
-            ));
-        }
-    };
+    let gallery = service.gallery().clone();
+    let png = tokio::task::spawn_blocking(move || gallery.read(n))
+        .await
+        .map_err(|e| Detail::message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .ok_or_else(missing)?
+        .map_err(|e| Detail::message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok((
         [
             (header::CONTENT_TYPE, "image/png"),

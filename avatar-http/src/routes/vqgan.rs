@@ -48,16 +48,6 @@ fn service(app: &AppState) -> Result<&VqganService, ApiError> {
     })
 }
 
-/// The JSON object of a request body.
-pub fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| body_error("body", format!("invalid JSON: {e}")))?;
-    match value {
-        Value::Object(body) => Ok(body),
-        _ => Err(body_error("body", "must be a JSON object")),
-    }
-}
-
 /// Reads the fields of both start endpoints; `init_image` is the decoded `image`.
 pub fn parse_run(
     body: &serde_json::Map<String, Value>,
@@ -107,7 +97,7 @@ async fn start(
     with_image: bool,
 ) -> Result<Response, ApiError> {
     let service = service(&app)?.clone();
-    let body = json_object(&body)?;
+    let body = fields::object(&body)?;
     let image = fields::string(&body, "image")?;
     let init_image = match (image, with_image) {
         (Some(_), false) => return Err(body_error("image", "belongs to /textimg2img")),

@@ -215,3 +215,34 @@ pub fn decode(bytes: &[u8]) -> image::RgbaImage {
 pub fn is_final(status: &str) -> bool {
     matches!(status, "success" | "failed" | "cancelled")
 }
+
+/// The JSON bodies a webhook receiver got.
+pub type Deliveries = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// A loopback webhook receiver at the returned `/hook` URL; it answers 500 to the first
+/// `fail_first` deliveries, then 200, and keeps every body it got.
+pub async fn webhook_receiver(fail_first: usize) -> (String, Deliveries) {
+    let received = Deliveries::default();
+    let app = {
+        let received = received.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let received = received.clone();
+                async move {
+                    let mut all = received.lock().unwrap();
+                    all.push(body);
+                    if all.len() <= fail_first {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        axum::http::StatusCode::OK
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (hook, received)
+}

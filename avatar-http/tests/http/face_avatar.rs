@@ -4,13 +4,12 @@
 //! the seed's smallest size, 256 px, costs seconds: one step, no classifier-free guidance.)
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, config};
+use crate::common::{TestServer, config, webhook_receiver};
 
 fn sd_config() -> avatar_http::Config {
     let mut config = config();
@@ -119,23 +118,7 @@ async fn face_avatars_are_drawn_waited_for_or_queued_in_the_seed_shape() {
     );
 
     // Queued: a task id at once, then the status API and a webhook with the track id.
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let hook_app = {
-        let received = received.clone();
-        axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-                let received = received.clone();
-                async move {
-                    received.lock().unwrap().push(body);
-                    axum::http::StatusCode::OK
-                }
-            }),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hook_app).await.unwrap() });
+    let (hook, received) = webhook_receiver(0).await;
     let (status, queued) = post(
         &s,
         &json!({"app_id": "default", "image": photo(), "width": 256, "height": 256,

@@ -1,12 +1,11 @@
 //! Tasks: batches, progress, results, cancellation, backpressure, persistence, webhooks.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, config, decode, is_final, temp_dir};
+use crate::common::{TestServer, config, decode, is_final, temp_dir, webhook_receiver};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -340,28 +339,7 @@ async fn interrupted_tasks_are_requeued_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_retried_until_delivered_with_the_track_id() {
     // A local listener that fails the first delivery and accepts the second.
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let app = {
-        let received = received.clone();
-        axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-                let received = received.clone();
-                async move {
-                    let mut all = received.lock().unwrap();
-                    all.push(body);
-                    if all.len() == 1 {
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    } else {
-                        StatusCode::OK
-                    }
-                }
-            }),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (hook, received) = webhook_receiver(1).await;
 
     let s = TestServer::default().await;
     let id = id_of(
