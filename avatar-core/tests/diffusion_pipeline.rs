@@ -79,6 +79,7 @@ fn run(model: &str, folder: &str, scheduler_name: &str) -> f32 {
         prompt_embeds: inputs.tensor("prompt_embeds", None, &device),
         added,
         guidance_scale: 7.5,
+        attention: Default::default(),
     };
     let mut draws = 0;
     let mut reports = Vec::new();
@@ -155,6 +156,7 @@ fn cancelling_and_mismatched_batches_are_errors() {
         prompt_embeds: inputs.tensor("prompt_embeds", None, &device),
         added: None,
         guidance_scale: 7.5,
+        attention: Default::default(),
     };
     let latents: Tensor<4> = inputs.tensor("latents", None, &device);
     let mut calls = 0;

@@ -1,9 +1,10 @@
 //! diffusers' `Attention` (self- or cross-attention with `to_q`/`to_k`/`to_v`/`to_out.0`), built on
 //! burn's fused `attention` op.
 //!
-//! Face adapters plug in here: IP-Adapter adds key/value projections over extra image tokens and
-//! sums a scaled second attention into the output; [`Attention::forward_with_extra`] takes such
-//! extra key/value streams so adapters do not rewrite the UNet.
+//! Face adapters plug in here without rewriting the UNet: IP-Adapter adds key/value projections
+//! over extra image tokens and sums a scaled second attention into the output (an
+//! [`ExtraKeyValue`] stream), IP-Adapter-FaceID adds low-rank updates to the four projections
+//! ([`AttentionLora`]); [`Attention::forward_with`] takes both as [`AttentionExtras`].
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -35,6 +36,62 @@ pub struct ExtraKeyValue {
     pub value: Tensor<3>,
     /// Weight of this stream.
     pub scale: f32,
+}
+
+/// A low-rank update of a linear projection: `x -> up(down(x))` (LoRA with scale 1, as
+/// diffusers applies IP-Adapter-FaceID's LoRA).
+#[derive(Module, Debug)]
+pub struct LoraLinear {
+    /// `in -> rank` (no bias).
+    pub down: Linear,
+    /// `rank -> out` (no bias).
+    pub up: Linear,
+}
+
+impl LoraLinear {
+    /// A default-initialised `input -> rank -> output` update.
+    pub fn new(input: usize, rank: usize, output: usize, device: &Device) -> Self {
+        let no_bias = |i: usize, o: usize| LinearConfig::new(i, o).with_bias(false).init(device);
+        LoraLinear {
+            down: no_bias(input, rank),
+            up: no_bias(rank, output),
+        }
+    }
+
+    /// The update for `x`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.up.forward(self.down.forward(x))
+    }
+}
+
+/// LoRA updates of an attention's four projections (IP-Adapter-FaceID's `to_{q,k,v,out}_lora`).
+#[derive(Module, Debug)]
+pub struct AttentionLora {
+    /// Update of `to_q`.
+    pub to_q: LoraLinear,
+    /// Update of `to_k`.
+    pub to_k: LoraLinear,
+    /// Update of `to_v`.
+    pub to_v: LoraLinear,
+    /// Update of `to_out.0`.
+    pub to_out: LoraLinear,
+}
+
+/// What one attention call adds to its own weights.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttentionExtras<'a> {
+    /// Extra key/value streams (IP-Adapter image tokens), each summed with its scale.
+    pub streams: &'a [ExtraKeyValue],
+    /// Low-rank updates of the projections, all applied.
+    pub lora: &'a [AttentionLora],
+}
+
+fn project(linear: &Linear, x: Tensor<3>, updates: &[&LoraLinear]) -> Tensor<3> {
+    let mut out = linear.forward(x.clone());
+    for update in updates {
+        out = out + update.forward(x.clone());
+    }
+    out
 }
 
 impl Attention {
@@ -79,29 +136,78 @@ impl Attention {
 
     /// `x` `[B, S, query_dim]` attends to `context` (`None`: to itself).
     pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
-        self.forward_with_extra(x, context, &[])
+        self.forward_with(x, context, AttentionExtras::default())
     }
 
-    /// [`Attention::forward`] plus extra key/value streams summed into the result before `to_out`.
-    pub fn forward_with_extra(
+    /// Number of attention heads.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    /// [`Attention::forward`] with LoRA updates of the projections and extra key/value streams
+    /// summed into the result before `to_out` (as diffusers' `IPAdapterAttnProcessor2_0`).
+    pub fn forward_with(
         &self,
         x: Tensor<3>,
         context: Option<Tensor<3>>,
-        extra: &[ExtraKeyValue],
+        extras: AttentionExtras<'_>,
     ) -> Tensor<3> {
         let context = context.unwrap_or_else(|| x.clone());
-        let q = self.split_heads(self.to_q.forward(x));
+        let pick = |f: fn(&AttentionLora) -> &LoraLinear| -> Vec<&LoraLinear> {
+            extras.lora.iter().map(f).collect()
+        };
+        let q = self.split_heads(project(&self.to_q, x, &pick(|l| &l.to_q)));
         let mut out = self.attend(
             q.clone(),
-            self.to_k.forward(context.clone()),
-            self.to_v.forward(context),
+            project(&self.to_k, context.clone(), &pick(|l| &l.to_k)),
+            project(&self.to_v, context, &pick(|l| &l.to_v)),
         );
-        for stream in extra {
+        for stream in extras.streams {
+            if stream.scale == 0.0 {
+                continue;
+            }
             out = out
                 + self
                     .attend(q.clone(), stream.key.clone(), stream.value.clone())
                     .mul_scalar(stream.scale);
         }
-        self.to_out[0].forward(out)
+        project(&self.to_out[0], out, &pick(|l| &l.to_out))
+    }
+}
+
+/// Per-run additions to a UNet's attention layers, addressed by diffusers' attention-processor
+/// index (`unet.attn_processors` order: down blocks, up blocks, then the mid block; in each
+/// transformer block `attn1`, then `attn2`).
+#[derive(Debug, Clone, Default)]
+pub struct AttentionInjection {
+    /// Extra key/value streams per processor index.
+    pub streams: Vec<Vec<ExtraKeyValue>>,
+    /// LoRA updates per processor index.
+    pub lora: Vec<Vec<AttentionLora>>,
+}
+
+impl AttentionInjection {
+    /// What processor `index` adds.
+    pub fn extras(&self, index: usize) -> AttentionExtras<'_> {
+        AttentionExtras {
+            streams: self.streams.get(index).map(Vec::as_slice).unwrap_or(&[]),
+            lora: self.lora.get(index).map(Vec::as_slice).unwrap_or(&[]),
+        }
+    }
+
+    /// Adds `stream` to processor `index`.
+    pub fn push_stream(&mut self, index: usize, stream: ExtraKeyValue) {
+        if self.streams.len() <= index {
+            self.streams.resize_with(index + 1, Vec::new);
+        }
+        self.streams[index].push(stream);
+    }
+
+    /// Adds `lora` to processor `index`.
+    pub fn push_lora(&mut self, index: usize, lora: AttentionLora) {
+        if self.lora.len() <= index {
+            self.lora.resize_with(index + 1, Vec::new);
+        }
+        self.lora[index].push(lora);
     }
 }

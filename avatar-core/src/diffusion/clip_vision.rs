@@ -7,10 +7,13 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Int, Tensor};
+use image::RgbaImage;
+use image::imageops::FilterType;
 use serde::Deserialize;
 
 use super::clip_text::{ClipActivation, ClipEncoder, ClipEncoderShape};
 use crate::error::{AvatarError, Result};
+use crate::imaging::{clip_normalize, rgb_to_tensor};
 
 /// A CLIP vision tower's config: transformers' `CLIPVisionConfig` (unknown keys ignored).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -146,6 +149,34 @@ impl ClipVisionTransformer {
     /// `[B, C, S, S]` normalised pixels -> (last hidden state `[B, 1 + patches, H]`, pooled
     /// output `[B, H]` = `post_layernorm` of the class token).
     pub fn forward(&self, pixel_values: Tensor<4>) -> (Tensor<3>, Tensor<2>) {
+        let x = self.embed(pixel_values);
+        let x = self.encoder.forward(x);
+        let pooled = self.pool(x.clone());
+        (x, pooled)
+    }
+
+    /// transformers' `hidden_states`: the encoder input (after `pre_layrnorm`) then each
+    /// layer's output, `num_hidden_layers + 1` tensors `[B, 1 + patches, H]`.
+    pub fn hidden_states(&self, pixel_values: Tensor<4>) -> Vec<Tensor<3>> {
+        let mut x = self.embed(pixel_values);
+        let mut states = vec![x.clone()];
+        for layer in &self.encoder.layers {
+            x = layer.forward(x);
+            states.push(x.clone());
+        }
+        states
+    }
+
+    /// `post_layernorm` of the class token `[B, H]`.
+    pub fn pool(&self, last_hidden_state: Tensor<3>) -> Tensor<2> {
+        let [b, _, h] = last_hidden_state.dims();
+        self.post_layernorm
+            .forward(last_hidden_state.narrow(1, 0, 1))
+            .reshape([b, h])
+    }
+
+    /// Patch and class embeddings with positions, through `pre_layrnorm`.
+    fn embed(&self, pixel_values: Tensor<4>) -> Tensor<3> {
         let device = pixel_values.device();
         let patches = self.embeddings.patch_embedding.forward(pixel_values);
         let [b, h, gh, gw] = patches.dims();
@@ -160,13 +191,27 @@ impl ClipVisionTransformer {
         let positions =
             Tensor::<1, Int>::arange(0..(gh * gw + 1) as i64, &device).reshape([1, gh * gw + 1]);
         let x = x + self.embeddings.position_embedding.forward(positions);
-        let x = self.encoder.forward(self.pre_layrnorm.forward(x));
-        let [_, s, _] = x.dims();
-        let pooled = self
-            .post_layernorm
-            .forward(x.clone().narrow(1, 0, 1))
-            .reshape([b, h]);
-        debug_assert_eq!(s, gh * gw + 1);
-        (x, pooled)
+        self.pre_layrnorm.forward(x)
     }
+}
+
+/// transformers' `CLIPImageProcessor` on one image: shortest side resized to `size`
+/// (bicubic), centre crop to `size` x `size`, CLIP normalisation -> `[1, 3, size, size]`.
+/// (The processor resizes with PIL's bicubic filter; `image`'s Catmull-Rom differs from it by a
+/// few levels per pixel; an image already `size` x `size` is used as is.)
+pub fn clip_preprocess(image: &RgbaImage, size: usize, device: &Device) -> Tensor<4> {
+    let side = size as u32;
+    let (w, h) = image.dimensions();
+    let cropped = if (w, h) == (side, side) {
+        image.clone()
+    } else {
+        let scale = f64::from(side) / f64::from(w.min(h).max(1));
+        let (nw, nh) = (
+            ((f64::from(w) * scale).round() as u32).max(side),
+            ((f64::from(h) * scale).round() as u32).max(side),
+        );
+        let resized = image::imageops::resize(image, nw, nh, FilterType::CatmullRom);
+        image::imageops::crop_imm(&resized, (nw - side) / 2, (nh - side) / 2, side, side).to_image()
+    };
+    clip_normalize(rgb_to_tensor(&cropped, device))
 }

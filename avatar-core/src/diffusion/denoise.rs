@@ -3,6 +3,7 @@
 
 use burn::tensor::Tensor;
 
+use super::attention::AttentionInjection;
 use super::schedulers::Scheduler;
 use super::unet::{AddedConditioning, UNet2DConditionModel};
 use super::vae::{AutoencoderKL, VaeConfig};
@@ -19,6 +20,9 @@ pub struct Conditioning {
     pub added: Option<AddedConditioning>,
     /// Classifier-free guidance weight (`<= 1` turns guidance off).
     pub guidance_scale: f64,
+    /// Adapter additions to the UNet's attention (IP-Adapter tokens batched like
+    /// `prompt_embeds`, FaceID LoRA).
+    pub attention: AttentionInjection,
 }
 
 impl Conditioning {
@@ -73,11 +77,13 @@ pub fn denoise(
         };
         let input = scheduler.scale_model_input(input, t)?;
         let times = vec![t as f32; input.dims()[0]];
-        let prediction = unet.forward(
+        let prediction = unet.forward_with(
             input,
             &times,
             conditioning.prompt_embeds.clone(),
             conditioning.added.as_ref(),
+            &conditioning.attention,
+            None,
         )?;
         let prediction = if guided {
             let [b2, c, h, w] = prediction.dims();

@@ -6,7 +6,9 @@
 //!   prompt, background keying).
 //! - [`tokenizer`]: CLIP's byte-level BPE tokenizer.
 //! - [`clip_text`]: the CLIP text encoders (SD1.5's CLIP-L, SDXL's CLIP-L + OpenCLIP bigG).
-//! - [`clip_vision`]: transformers' CLIP vision tower.
+//! - [`clip_vision`]: transformers' CLIP vision tower; [`image_encoder`]: it with its projection
+//!   (IP-Adapter's image encoder).
+//! - [`ip_adapter`]: IP-Adapter, Plus, Full-Face, FaceID and InstantID's face adapter.
 //! - [`safety_checker`]: diffusers' `StableDiffusionSafetyChecker` and the obfuscations of
 //!   flagged images.
 //! - [`denoise`]: the guided denoising loop and latent decoding shared by the pipelines.
@@ -22,6 +24,8 @@ pub mod clip_vision;
 pub mod denoise;
 pub mod embeddings;
 pub mod face_avatar;
+pub mod image_encoder;
+pub mod ip_adapter;
 pub mod pipeline;
 pub mod resnet;
 pub mod safety_checker;

@@ -7,8 +7,11 @@ use std::path::Path;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::RgbaImage;
 
+use super::attention::AttentionInjection;
 use super::clip_text::{ClipTextConfig, ClipTextModel};
 use super::denoise::{Conditioning, decode_latents, denoise};
+use super::image_encoder::ImageEncoder;
+use super::ip_adapter::{IpAdapter, IpAdapterPrompt};
 use super::schedulers::{Scheduler, SchedulerConfig};
 use super::single_file::{RawTensor, convert_single_file, to_safetensors};
 use super::tokenizer::{ClipTokenizer, MAX_LENGTH};
@@ -57,6 +60,8 @@ pub struct TextToImageOptions {
     /// Decode the VAE in overlapping tiles (diffusers' `enable_tiling`): bounded memory for
     /// large images, at the cost of slight seam blending.
     pub vae_tiling: bool,
+    /// One prompt per loaded IP-Adapter, in loading order (empty: adapters off).
+    pub ip_adapter: Vec<IpAdapterPrompt>,
 }
 
 impl Default for TextToImageOptions {
@@ -76,6 +81,7 @@ impl Default for TextToImageOptions {
             crops_coords_top_left: (0, 0),
             target_size: None,
             vae_tiling: false,
+            ip_adapter: Vec::new(),
         }
     }
 }
@@ -97,6 +103,8 @@ pub struct StableDiffusion {
     vae_config: VaeConfig,
     scheduler_config: SchedulerConfig,
     force_zeros_for_empty_prompt: bool,
+    ip_adapters: Vec<IpAdapter>,
+    image_encoder: Option<ImageEncoder>,
     device: Device,
 }
 
@@ -147,8 +155,95 @@ impl StableDiffusion {
             force_zeros_for_empty_prompt: index["force_zeros_for_empty_prompt"]
                 .as_bool()
                 .unwrap_or(false),
+            ip_adapters: Vec::new(),
+            image_encoder: None,
             device: device.clone(),
         })
+    }
+
+    /// Loads an IP-Adapter file (`.bin` / `.safetensors`; IP-Adapter, Plus, Full-Face or FaceID,
+    /// recognised from its keys) for this pipeline's UNet, as diffusers' `load_ip_adapter`;
+    /// adapters that take images need a CLIP image encoder (a transformers
+    /// `CLIPVisionModelWithProjection` folder), loaded once and shared by every adapter.
+    /// Returns the adapter's position in [`TextToImageOptions::ip_adapter`].
+    pub fn load_ip_adapter(&mut self, file: &Path, image_encoder: Option<&Path>) -> Result<usize> {
+        let adapter = IpAdapter::load(file, &self.unet, &self.device)?;
+        self.add_ip_adapter(adapter, image_encoder)
+    }
+
+    /// Loads InstantID's face adapter (`ip-adapter.bin`: a Resampler on the raw face embedding).
+    pub fn load_instantid_adapter(&mut self, file: &Path) -> Result<usize> {
+        let adapter = IpAdapter::load_instantid(file, &self.unet, &self.device)?;
+        self.add_ip_adapter(adapter, None)
+    }
+
+    fn add_ip_adapter(
+        &mut self,
+        adapter: IpAdapter,
+        image_encoder: Option<&Path>,
+    ) -> Result<usize> {
+        if let Some(dir) = image_encoder {
+            self.image_encoder = Some(ImageEncoder::load(dir, &self.device)?);
+        }
+        if adapter.needs_image_encoder() && self.image_encoder.is_none() {
+            return Err(AvatarError::Config(format!(
+                "the {:?} IP-Adapter needs a CLIP image encoder folder (image_encoder/)",
+                adapter.kind()
+            )));
+        }
+        self.ip_adapters.push(adapter);
+        Ok(self.ip_adapters.len() - 1)
+    }
+
+    /// The loaded IP-Adapters, in loading order.
+    pub fn ip_adapters(&self) -> &[IpAdapter] {
+        &self.ip_adapters
+    }
+
+    /// The UNet (for adapters that are checked against it).
+    pub fn unet(&self) -> &UNet2DConditionModel {
+        &self.unet
+    }
+
+    /// The IP-Adapter additions for `n` images per prompt, batched like the prompt embeddings.
+    fn ip_adapter_injection(
+        &self,
+        prompts: &[IpAdapterPrompt],
+        n: usize,
+        guided: bool,
+    ) -> Result<AttentionInjection> {
+        let mut injection = AttentionInjection::default();
+        if prompts.is_empty() {
+            return Ok(injection);
+        }
+        if prompts.len() != self.ip_adapters.len() {
+            return Err(AvatarError::invalid(
+                "ip_adapter",
+                format!(
+                    "{} IP-Adapter prompts for {} loaded adapters",
+                    prompts.len(),
+                    self.ip_adapters.len()
+                ),
+            ));
+        }
+        for (adapter, prompt) in self.ip_adapters.iter().zip(prompts) {
+            if !(0.0..=2.0).contains(&prompt.scale) {
+                return Err(AvatarError::invalid(
+                    "ip_adapter_scale",
+                    format!("{} is out of range 0..=2", prompt.scale),
+                ));
+            }
+            let (uncond, cond) =
+                adapter.tokens(prompt, self.image_encoder.as_ref(), &self.device)?;
+            let cond = Tensor::cat(vec![cond; n], 0);
+            let tokens = if guided {
+                Tensor::cat(vec![Tensor::cat(vec![uncond; n], 0), cond], 0)
+            } else {
+                cond
+            };
+            adapter.inject(tokens, prompt.scale, &mut injection);
+        }
+        Ok(injection)
     }
 
     /// Loads a single-file checkpoint (original LDM/SGM key names, as shared on model hubs),
@@ -325,10 +420,12 @@ impl StableDiffusion {
                 time_ids,
             }
         });
+        let attention = self.ip_adapter_injection(&options.ip_adapter, n, guided)?;
         Ok(Conditioning {
             prompt_embeds,
             added,
             guidance_scale: options.guidance_scale,
+            attention,
         })
     }
 

@@ -12,10 +12,9 @@ use burn::tensor::{Device, Tensor};
 use image::RgbaImage;
 use serde::Deserialize;
 
-use super::clip_vision::{ClipVisionConfig, ClipVisionTransformer};
+use super::clip_vision::{ClipVisionConfig, ClipVisionTransformer, clip_preprocess};
 use super::weights::{KeyMap, load_strict, tensor_names};
 use crate::error::{AvatarError, Result};
-use crate::imaging::{clip_normalize, rgb_to_tensor};
 
 /// The checker's `config.json` (transformers' `CLIPConfig`; only the vision part is used).
 #[derive(Debug, Clone, Deserialize)]
@@ -193,23 +192,9 @@ impl SafetyChecker {
             .collect())
     }
 
-    /// CLIP's preprocessing of an image: shortest side resized to the input size (bicubic),
-    /// centre crop, CLIP normalisation. (transformers' `CLIPImageProcessor` resizes with PIL's
-    /// bicubic filter; `image`'s Catmull-Rom differs from it by a few levels per pixel.)
+    /// CLIP's preprocessing of an image for this checker ([`clip_preprocess`]).
     pub fn preprocess(&self, image: &RgbaImage, device: &Device) -> Tensor<4> {
-        let side = self.image_size() as u32;
-        let (w, h) = image.dimensions();
-        let scale = f64::from(side) / f64::from(w.min(h).max(1));
-        let (nw, nh) = (
-            ((f64::from(w) * scale).round() as u32).max(side),
-            ((f64::from(h) * scale).round() as u32).max(side),
-        );
-        let resized =
-            image::imageops::resize(image, nw, nh, image::imageops::FilterType::CatmullRom);
-        let cropped =
-            image::imageops::crop_imm(&resized, (nw - side) / 2, (nh - side) / 2, side, side)
-                .to_image();
-        clip_normalize(rgb_to_tensor(&cropped, device))
+        clip_preprocess(image, self.image_size(), device)
     }
 
     /// The verdicts of RGBA images (preprocessed here).

@@ -7,7 +7,7 @@ use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
-use super::attention::Attention;
+use super::attention::{Attention, AttentionInjection};
 use super::resnet::{conv1x1, group_norm};
 
 /// GEGLU feed-forward: `proj_out(h * gelu(gate))` with `[h, gate] = proj_in(x)`.
@@ -51,6 +51,8 @@ pub struct BasicTransformerBlock {
     pub norm3: LayerNorm,
     /// Feed-forward.
     pub ff: FeedForward,
+    /// diffusers' attention-processor index of `attn1` (`attn2` is the next one).
+    pub processor: usize,
 }
 
 impl BasicTransformerBlock {
@@ -63,13 +65,24 @@ impl BasicTransformerBlock {
             attn2: Attention::new(dim, context_dim, heads, dim / heads, device),
             norm3: norm(),
             ff: FeedForward::new(dim, device),
+            processor: 0,
         }
     }
 
-    /// `[B, S, C]` tokens attending to `context` `[B, T, D]`.
-    pub fn forward(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None);
-        let x = x.clone() + self.attn2.forward(self.norm2.forward(x), Some(context));
+    /// `[B, S, C]` tokens attending to `context` `[B, T, D]`, with `injection`'s additions.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        context: Tensor<3>,
+        injection: &AttentionInjection,
+    ) -> Tensor<3> {
+        let first = injection.extras(self.processor);
+        let second = injection.extras(self.processor + 1);
+        let x = x.clone() + self.attn1.forward_with(self.norm1.forward(x), None, first);
+        let x = x.clone()
+            + self
+                .attn2
+                .forward_with(self.norm2.forward(x), Some(context), second);
         x.clone() + self.ff.forward(self.norm3.forward(x))
     }
 }
@@ -125,7 +138,12 @@ impl Transformer2DModel {
     }
 
     /// `[B, C, H, W] -> [B, C, H, W]` with a residual.
-    pub fn forward(&self, x: Tensor<4>, context: Tensor<3>) -> Tensor<4> {
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        context: Tensor<3>,
+        injection: &AttentionInjection,
+    ) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let normed = self.norm.forward(x.clone());
         let to_tokens = |t: Tensor<4>| t.reshape([b, c, h * w]).swap_dims(1, 2);
@@ -134,7 +152,7 @@ impl Transformer2DModel {
             Projection::Linear(linear) => linear.forward(to_tokens(normed)),
         };
         for block in &self.transformer_blocks {
-            tokens = block.forward(tokens, context.clone());
+            tokens = block.forward(tokens, context.clone(), injection);
         }
         let to_map = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
         let out = match &self.proj_out {

@@ -13,9 +13,10 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
+use super::attention::AttentionInjection;
 use super::embeddings::{TimestepEmbedding, timestep_features};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv3x3, group_norm};
-use super::transformer_2d::Transformer2DModel;
+use super::transformer_2d::{BasicTransformerBlock, Transformer2DModel};
 use super::weights::{KeyMap, load_strict, load_strict_bytes, read_config};
 use crate::error::{AvatarError, Result};
 
@@ -268,7 +269,7 @@ impl UNetConfig {
             }
             _ => None,
         };
-        Ok(UNet2DConditionModel {
+        let mut unet = UNet2DConditionModel {
             conv_in: conv3x3(self.in_channels, channels[0], device),
             time_embedding: TimestepEmbedding::new(channels[0], time_dim, device),
             add_embedding,
@@ -280,8 +281,34 @@ impl UNetConfig {
             time_features: channels[0],
             freq_shift: self.freq_shift,
             add_time_features: self.addition_time_embed_dim.unwrap_or(0),
-        })
+        };
+        for (k, block) in unet.transformer_blocks_mut().into_iter().enumerate() {
+            block.processor = 2 * k;
+        }
+        Ok(unet)
     }
+}
+
+/// One attention layer of the UNet as an adapter sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionProcessor {
+    /// diffusers' processor index.
+    pub index: usize,
+    /// Width of the attention (its query and output).
+    pub hidden: usize,
+    /// Width of what it attends to (`hidden` for self-attention).
+    pub context: usize,
+    /// `attn2` (cross-attention to the text) rather than `attn1`.
+    pub cross: bool,
+}
+
+/// ControlNet residuals added to the UNet's skip connections and mid-block output.
+#[derive(Debug, Clone)]
+pub struct ControlResiduals {
+    /// One per skip connection, in down order (the `conv_in` output first).
+    pub down: Vec<Tensor<4>>,
+    /// Added to the mid block's output.
+    pub mid: Tensor<4>,
 }
 
 /// One level of the UNet (down, mid or up): resnets, optional spatial transformers, and a
@@ -360,6 +387,53 @@ impl UNet2DConditionModel {
             .remap(r"\.ff\.net\.2\.", ".ff.proj_out.")
     }
 
+    /// The transformer blocks in diffusers' `attn_processors` order: down blocks, up blocks,
+    /// then the mid block.
+    fn transformer_blocks(&self) -> Vec<&BasicTransformerBlock> {
+        self.down_blocks
+            .iter()
+            .chain(&self.up_blocks)
+            .chain(std::iter::once(&self.mid_block))
+            .flat_map(|block| &block.attentions)
+            .flat_map(|transformer| &transformer.transformer_blocks)
+            .collect()
+    }
+
+    fn transformer_blocks_mut(&mut self) -> Vec<&mut BasicTransformerBlock> {
+        self.down_blocks
+            .iter_mut()
+            .chain(self.up_blocks.iter_mut())
+            .chain(std::iter::once(&mut self.mid_block))
+            .flat_map(|block| block.attentions.iter_mut())
+            .flat_map(|transformer| transformer.transformer_blocks.iter_mut())
+            .collect()
+    }
+
+    /// Every attention layer in diffusers' processor order (what IP-Adapter files index).
+    pub fn attention_processors(&self) -> Vec<AttentionProcessor> {
+        self.transformer_blocks()
+            .into_iter()
+            .flat_map(|block| {
+                let [context, hidden] = block.attn2.to_k.weight.dims();
+                let own = block.attn1.to_q.weight.dims()[1];
+                [
+                    AttentionProcessor {
+                        index: block.processor,
+                        hidden: own,
+                        context: own,
+                        cross: false,
+                    },
+                    AttentionProcessor {
+                        index: block.processor + 1,
+                        hidden,
+                        context,
+                        cross: true,
+                    },
+                ]
+            })
+            .collect()
+    }
+
     /// Predicts noise (or v) for `sample` `[B, C, h, w]` at `timesteps` (one per batch item),
     /// conditioned on `context` `[B, T, D]` (and SDXL's `added`).
     pub fn forward(
@@ -368,6 +442,27 @@ impl UNet2DConditionModel {
         timesteps: &[f32],
         context: Tensor<3>,
         added: Option<&AddedConditioning>,
+    ) -> Result<Tensor<4>> {
+        self.forward_with(
+            sample,
+            timesteps,
+            context,
+            added,
+            &AttentionInjection::default(),
+            None,
+        )
+    }
+
+    /// [`UNet2DConditionModel::forward`] with adapters: `injection`'s additions to the
+    /// attention layers and ControlNet `control` residuals.
+    pub fn forward_with(
+        &self,
+        sample: Tensor<4>,
+        timesteps: &[f32],
+        context: Tensor<3>,
+        added: Option<&AddedConditioning>,
+        injection: &AttentionInjection,
+        control: Option<&ControlResiduals>,
     ) -> Result<Tensor<4>> {
         let device = sample.device();
         let [b, _, h, w] = sample.dims();
@@ -420,7 +515,7 @@ impl UNet2DConditionModel {
             for (j, resnet) in block.resnets.iter().enumerate() {
                 x = resnet.forward(x, Some(temb.clone()));
                 if let Some(attention) = block.attentions.get(j) {
-                    x = attention.forward(x, context.clone());
+                    x = attention.forward(x, context.clone(), injection);
                 }
                 skips.push(x.clone());
             }
@@ -430,16 +525,35 @@ impl UNet2DConditionModel {
             }
         }
 
+        if let Some(control) = control {
+            if control.down.len() != skips.len() {
+                return Err(AvatarError::invalid(
+                    "controlnet",
+                    format!(
+                        "{} down residuals for a UNet with {} skip connections",
+                        control.down.len(),
+                        skips.len()
+                    ),
+                ));
+            }
+            for (skip, residual) in skips.iter_mut().zip(&control.down) {
+                *skip = skip.clone() + residual.clone();
+            }
+        }
+
         x = self.mid_block.resnets[0].forward(x, Some(temb.clone()));
-        x = self.mid_block.attentions[0].forward(x, context.clone());
+        x = self.mid_block.attentions[0].forward(x, context.clone(), injection);
         x = self.mid_block.resnets[1].forward(x, Some(temb.clone()));
+        if let Some(control) = control {
+            x = x + control.mid.clone();
+        }
 
         for block in &self.up_blocks {
             for (j, resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per resnet");
                 x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(temb.clone()));
                 if let Some(attention) = block.attentions.get(j) {
-                    x = attention.forward(x, context.clone());
+                    x = attention.forward(x, context.clone(), injection);
                 }
             }
             for up in &block.upsamplers {

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
 use burn::module::Module;
 use burn::store::{
     ApplyError, ApplyResult, ChainAdapter, FloatCastAdapter, ModuleSnapshot, ModuleStore,
@@ -12,6 +14,7 @@ use burn::store::{
 use burn::tensor::DType;
 use serde::de::DeserializeOwned;
 
+use super::single_file::RawTensor;
 use crate::error::{AvatarError, Result};
 
 /// How the names in a file map onto our module paths.
@@ -68,6 +71,58 @@ pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
         AvatarError::Weights(format!("{}: not a safetensors file: {e}", path.display()))
     })?;
     Ok(metadata.tensors().keys().cloned().collect())
+}
+
+/// Every tensor of a safetensors file or a PyTorch pickle (`.bin`, `.pt`, `.pth`, `.ckpt`; nested
+/// dicts flattened with `.`), by name, in its stored float dtype.
+pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, RawTensor>> {
+    let is_safetensors = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let label = path.display();
+    if is_safetensors {
+        let bytes = std::fs::read(path).map_err(|e| AvatarError::io(path, e))?;
+        let file = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| AvatarError::Weights(format!("{label}: not a safetensors file: {e}")))?;
+        return Ok(file
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let tensor = RawTensor {
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    data: view.data().to_vec(),
+                };
+                (name, tensor)
+            })
+            .collect());
+    }
+    use burn::store::pytorch::PytorchReader;
+    use burn::store::pytorch_reader::DType as TorchDType;
+    let reader = PytorchReader::new(path)
+        .map_err(|e| AvatarError::Weights(format!("{label}: not a PyTorch checkpoint: {e}")))?;
+    reader
+        .into_tensors()
+        .into_iter()
+        .map(|(name, tensor)| {
+            let dtype = match tensor.dtype() {
+                TorchDType::F32 => safetensors::Dtype::F32,
+                TorchDType::F16 => safetensors::Dtype::F16,
+                TorchDType::BF16 => safetensors::Dtype::BF16,
+                TorchDType::F64 => safetensors::Dtype::F64,
+                other => {
+                    return Err(AvatarError::Weights(format!(
+                        "{label}: {name} has dtype {other:?}, expected a float"
+                    )));
+                }
+            };
+            let data = tensor
+                .read()
+                .map_err(|e| AvatarError::Weights(format!("{label}: {e}")))?;
+            let shape = tensor.shape().to_vec();
+            Ok((name, RawTensor { dtype, shape, data }))
+        })
+        .collect()
 }
 
 /// Loads `path` into `module` (PyTorch layout: linear weights transposed, norm `weight`/`bias` as

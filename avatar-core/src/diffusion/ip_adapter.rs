@@ -1,0 +1,748 @@
+//! IP-Adapter: image prompts through decoupled cross-attention, loaded from the official files
+//! (a pickled `{"image_proj": .., "ip_adapter": ..}` `.bin` or a flat `.safetensors` with
+//! `image_proj.*` / `ip_adapter.*` keys) exactly as diffusers' `load_ip_adapter` reads them.
+//!
+//! The variant is recognised from the `image_proj` keys as diffusers does:
+//! - IP-Adapter (`proj`, `norm`): CLIP `image_embeds` -> 4 tokens;
+//! - Plus / Plus-Face (`latents`, `proj_in`, `layers.N.{0,1}.*`, `proj_out`, `norm_out`): a
+//!   perceiver [`Resampler`] over the encoder's penultimate hidden states;
+//! - Full-Face (`proj.0`, `proj.2`, `proj.3`): an MLP over every penultimate token;
+//! - FaceID (`proj.0`, `proj.2`, `norm`): an MLP on the L2-normalised insightface embedding,
+//!   with LoRA (`{i}.to_{q,k,v,out}_lora.{down,up}`) in every attention layer;
+//! - InstantID's face adapter ([`IpAdapter::load_instantid`]): a Resampler on the raw
+//!   insightface embedding.
+//!
+//! `ip_adapter.{i}.to_{k,v}_ip` sit in every cross-attention, `i` in diffusers'
+//! attention-processor order (odd indices are `attn2`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::gelu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Tensor, TensorData};
+use image::RgbaImage;
+
+use super::attention::{AttentionInjection, AttentionLora, ExtraKeyValue, LoraLinear};
+use super::image_encoder::ImageEncoder;
+use super::single_file::{RawTensor, to_safetensors};
+use super::unet::{AttentionProcessor, UNet2DConditionModel};
+use super::weights::{KeyMap, load_strict_bytes, read_tensors};
+use crate::error::{AvatarError, Result};
+
+/// Which IP-Adapter a file holds (what its projection consumes and produces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpAdapterKind {
+    /// `ImageProjection`: CLIP `image_embeds` -> 4 tokens.
+    Basic,
+    /// `Resampler` over the penultimate CLIP hidden states (Plus, Plus-Face).
+    Plus,
+    /// MLP over every penultimate CLIP token (Full-Face).
+    FullFace,
+    /// MLP on the L2-normalised face embedding, with LoRA (IP-Adapter-FaceID).
+    FaceId,
+    /// `Resampler` on the raw face embedding (InstantID's `ip-adapter.bin`).
+    InstantId,
+}
+
+impl IpAdapterKind {
+    /// Whether the adapter takes a face embedding rather than an image.
+    pub fn takes_face_embedding(self) -> bool {
+        matches!(self, IpAdapterKind::FaceId | IpAdapterKind::InstantId)
+    }
+}
+
+/// `ImageProjection`: one linear layer to `tokens x cross` and a LayerNorm per token.
+#[derive(Module, Debug)]
+pub struct LinearProjection {
+    /// `embed -> tokens * cross`.
+    pub proj: Linear,
+    /// Per-token norm.
+    pub norm: LayerNorm,
+}
+
+/// An MLP projection (`Linear -> GELU -> Linear`) then a per-token LayerNorm: Full-Face (one
+/// token per input token) and FaceID (`tokens` per embedding).
+#[derive(Module, Debug)]
+pub struct MlpProjection {
+    /// `proj.0`.
+    pub fc1: Linear,
+    /// `proj.2`.
+    pub fc2: Linear,
+    /// `proj.3` (Full-Face) or `norm` (FaceID).
+    pub norm: LayerNorm,
+}
+
+/// The perceiver attention of a [`Resampler`] layer: latents attend to the image tokens and to
+/// themselves (`dim_head` 64).
+#[derive(Module, Debug)]
+pub struct PerceiverAttention {
+    /// Norm of the image tokens.
+    pub norm1: LayerNorm,
+    /// Norm of the latents.
+    pub norm2: LayerNorm,
+    /// Queries from the latents (no bias).
+    pub to_q: Linear,
+    /// Keys and values, concatenated (no bias).
+    pub to_kv: Linear,
+    /// Output (no bias).
+    pub to_out: Linear,
+    heads: usize,
+}
+
+/// The feed-forward of a [`Resampler`] layer: `LayerNorm -> Linear -> GELU -> Linear` (no biases).
+#[derive(Module, Debug)]
+pub struct ResamplerFeedForward {
+    /// `1.0`.
+    pub norm: LayerNorm,
+    /// `1.1`.
+    pub fc1: Linear,
+    /// `1.3`.
+    pub fc2: Linear,
+}
+
+/// One [`Resampler`] layer.
+#[derive(Module, Debug)]
+pub struct ResamplerLayer {
+    /// `N.0`.
+    pub attn: PerceiverAttention,
+    /// `N.1`.
+    pub ff: ResamplerFeedForward,
+}
+
+/// IP-Adapter Plus's perceiver resampler (also InstantID's image projection).
+#[derive(Module, Debug)]
+pub struct Resampler {
+    /// Learned queries `[1, queries, hidden]`.
+    pub latents: Param<Tensor<3>>,
+    /// Image tokens into the hidden width.
+    pub proj_in: Linear,
+    /// The layers.
+    pub layers: Vec<ResamplerLayer>,
+    /// Hidden width -> the UNet's cross-attention width.
+    pub proj_out: Linear,
+    /// Output norm.
+    pub norm_out: LayerNorm,
+}
+
+/// The image projection of an adapter.
+#[derive(Module, Debug)]
+pub enum ImageProjectionModel {
+    /// IP-Adapter.
+    Linear(LinearProjection),
+    /// Full-Face and FaceID.
+    Mlp(MlpProjection),
+    /// Plus and InstantID.
+    Resampler(Resampler),
+}
+
+/// The image-token keys and values of one cross-attention.
+#[derive(Module, Debug)]
+pub struct IpLayer {
+    /// `to_k_ip` (no bias).
+    pub to_k_ip: Linear,
+    /// `to_v_ip` (no bias).
+    pub to_v_ip: Linear,
+}
+
+/// The weights of one adapter file.
+#[derive(Module, Debug)]
+pub struct IpAdapterWeights {
+    /// Image (or face) features -> tokens.
+    pub image_proj: ImageProjectionModel,
+    /// One per cross-attention, in processor order.
+    pub ip_layers: Vec<IpLayer>,
+    /// One per attention processor (FaceID), else empty.
+    pub lora: Vec<AttentionLora>,
+}
+
+/// A loaded IP-Adapter, checked against the UNet it was loaded for.
+#[derive(Debug)]
+pub struct IpAdapter {
+    weights: IpAdapterWeights,
+    kind: IpAdapterKind,
+    /// Processor index of each `ip_layers` entry.
+    processors: Vec<usize>,
+    /// Width of the projection's input (CLIP embeds / hidden size, or the face embedding).
+    input_dim: usize,
+    cross_dim: usize,
+}
+
+fn layer_norm(dim: usize, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(dim).init(device)
+}
+
+fn linear(input: usize, output: usize, bias: bool, device: &Device) -> Linear {
+    LinearConfig::new(input, output)
+        .with_bias(bias)
+        .init(device)
+}
+
+fn split_heads(t: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, s, c] = t.dims();
+    t.reshape([b, s, heads, c / heads]).swap_dims(1, 2)
+}
+
+impl PerceiverAttention {
+    fn forward(&self, x: Tensor<3>, latents: Tensor<3>) -> Tensor<3> {
+        let x = self.norm1.forward(x);
+        let latents = self.norm2.forward(latents);
+        let q = self.to_q.forward(latents.clone());
+        let kv = self.to_kv.forward(Tensor::cat(vec![x, latents], 1));
+        let [b, s, c2] = kv.dims();
+        let k = kv.clone().narrow(2, 0, c2 / 2);
+        let v = kv.narrow(2, c2 / 2, c2 / 2);
+        let [_, queries, inner] = q.dims();
+        debug_assert_eq!(s, k.dims()[1]);
+        let out = attention(
+            split_heads(q, self.heads),
+            split_heads(k, self.heads),
+            split_heads(v, self.heads),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        )
+        .swap_dims(1, 2)
+        .reshape([b, queries, inner]);
+        self.to_out.forward(out)
+    }
+}
+
+impl Resampler {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let b = x.dims()[0];
+        let [_, q, h] = self.latents.dims();
+        let mut latents = self.latents.val().expand([b, q, h]);
+        let x = self.proj_in.forward(x);
+        for layer in &self.layers {
+            latents = layer.attn.forward(x.clone(), latents.clone()) + latents;
+            let ff = &layer.ff;
+            latents = ff
+                .fc2
+                .forward(gelu(ff.fc1.forward(ff.norm.forward(latents.clone()))))
+                + latents;
+        }
+        self.norm_out.forward(self.proj_out.forward(latents))
+    }
+}
+
+impl ImageProjectionModel {
+    /// `[B, S, D]` features -> `[B, T, cross]` tokens.
+    fn forward(&self, x: Tensor<3>, cross: usize) -> Tensor<3> {
+        match self {
+            ImageProjectionModel::Linear(p) => {
+                let [b, s, _] = x.dims();
+                let out = p.proj.forward(x);
+                let tokens = s * out.dims()[2] / cross;
+                p.norm.forward(out.reshape([b, tokens, cross]))
+            }
+            ImageProjectionModel::Mlp(p) => {
+                let [b, s, _] = x.dims();
+                let out = p.fc2.forward(gelu(p.fc1.forward(x)));
+                let tokens = s * out.dims()[2] / cross;
+                p.norm.forward(out.reshape([b, tokens, cross]))
+            }
+            ImageProjectionModel::Resampler(p) => p.forward(x),
+        }
+    }
+}
+
+/// What one adapter is given for one generation: an image (IP-Adapter, Plus, Full-Face) or an
+/// insightface face embedding (FaceID, InstantID), and the adapter's weight.
+#[derive(Debug, Clone)]
+pub struct IpAdapterPrompt {
+    /// The reference image (RGB(A), any size: resized and centre-cropped as CLIP does).
+    pub image: Option<RgbaImage>,
+    /// The face embedding (512 values for insightface's antelopev2 / buffalo_l): pass the raw
+    /// `embedding`; FaceID normalises it, InstantID uses it as is.
+    pub face_embedding: Option<Vec<f32>>,
+    /// Weight of the image tokens in every cross-attention (diffusers' `set_ip_adapter_scale`).
+    pub scale: f32,
+}
+
+impl IpAdapterPrompt {
+    /// An image prompt at `scale`.
+    pub fn image(image: RgbaImage, scale: f32) -> Self {
+        IpAdapterPrompt {
+            image: Some(image),
+            face_embedding: None,
+            scale,
+        }
+    }
+
+    /// A face-embedding prompt at `scale`.
+    pub fn face(embedding: Vec<f32>, scale: f32) -> Self {
+        IpAdapterPrompt {
+            image: None,
+            face_embedding: Some(embedding),
+            scale,
+        }
+    }
+}
+
+fn weights_error(file: &str, message: impl std::fmt::Display) -> AvatarError {
+    AvatarError::Weights(format!("{file}: {message}"))
+}
+
+/// Splits `prefix.{index}.rest` keys.
+fn indexed<'a>(key: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
+    let rest = key.strip_prefix(prefix)?;
+    let (index, tail) = rest.split_once('.')?;
+    Some((index.parse().ok()?, tail))
+}
+
+fn shape<'a>(
+    tensors: &'a BTreeMap<String, RawTensor>,
+    key: &str,
+    file: &str,
+) -> Result<&'a [usize]> {
+    tensors
+        .get(key)
+        .map(|t| t.shape.as_slice())
+        .ok_or_else(|| weights_error(file, format!("missing tensor {key}")))
+}
+
+impl IpAdapter {
+    /// Loads an IP-Adapter file (`.bin` or `.safetensors`) for `unet`; the variant is
+    /// recognised from its keys. Errors name mismatches: an adapter made for another base model
+    /// (cross-attention width or layer count), FaceID weights without their LoRA, missing or
+    /// unexpected tensors.
+    pub fn load(path: &Path, unet: &UNet2DConditionModel, device: &Device) -> Result<Self> {
+        Self::load_as(path, unet, None, device)
+    }
+
+    /// Loads InstantID's `ip-adapter.bin` (a Resampler taking the raw 512-d face embedding).
+    pub fn load_instantid(
+        path: &Path,
+        unet: &UNet2DConditionModel,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::load_as(path, unet, Some(IpAdapterKind::InstantId), device)
+    }
+
+    fn load_as(
+        path: &Path,
+        unet: &UNet2DConditionModel,
+        forced: Option<IpAdapterKind>,
+        device: &Device,
+    ) -> Result<Self> {
+        let file = path.display().to_string();
+        let tensors = read_tensors(path)?;
+        let mut proj = BTreeMap::new();
+        let mut layers = BTreeMap::new();
+        for (key, tensor) in tensors {
+            if let Some(rest) = key.strip_prefix("image_proj.") {
+                proj.insert(rest.to_owned(), tensor);
+            } else if let Some(rest) = key.strip_prefix("ip_adapter.") {
+                layers.insert(rest.to_owned(), tensor);
+            } else {
+                return Err(weights_error(
+                    &file,
+                    format!(
+                        "unexpected tensor {key}: an IP-Adapter file holds image_proj.* \
+                         and ip_adapter.* only"
+                    ),
+                ));
+            }
+        }
+        if proj.is_empty() || layers.is_empty() {
+            return Err(weights_error(
+                &file,
+                "not an IP-Adapter file: expected image_proj.* and ip_adapter.* tensors",
+            ));
+        }
+        let detected = if proj.contains_key("proj.weight") {
+            IpAdapterKind::Basic
+        } else if proj.contains_key("proj.3.weight") {
+            IpAdapterKind::FullFace
+        } else if proj.contains_key("perceiver_resampler.proj_in.weight") {
+            return Err(weights_error(
+                &file,
+                "IP-Adapter-FaceID-Plus (perceiver_resampler) is not supported yet",
+            ));
+        } else if proj.contains_key("norm.weight") {
+            IpAdapterKind::FaceId
+        } else if proj.contains_key("latents") {
+            IpAdapterKind::Plus
+        } else {
+            return Err(weights_error(
+                &file,
+                "unknown image projection (no proj.weight, proj.3.weight, norm.weight or latents)",
+            ));
+        };
+        let kind = match (forced, detected) {
+            (Some(IpAdapterKind::InstantId), IpAdapterKind::Plus) => IpAdapterKind::InstantId,
+            (Some(IpAdapterKind::InstantId), other) => {
+                return Err(weights_error(
+                    &file,
+                    format!("InstantID's adapter is a Resampler; this file holds {other:?}"),
+                ));
+            }
+            _ => detected,
+        };
+
+        let processors = unet.attention_processors();
+        let cross: Vec<AttentionProcessor> =
+            processors.iter().copied().filter(|p| p.cross).collect();
+        let unet_cross = cross.first().map(|p| p.context).unwrap_or(0);
+
+        // ip layers: `{2k+1}.to_{k,v}_ip.weight` -> `ip_layers.{k}`.
+        let mut renamed = BTreeMap::new();
+        let mut ip_indices = Vec::new();
+        let mut lora_indices = std::collections::BTreeSet::new();
+        for (key, tensor) in layers {
+            let (index, tail) = indexed(&key, "").ok_or_else(|| {
+                weights_error(&file, format!("unexpected tensor ip_adapter.{key}"))
+            })?;
+            if let Some(which) = tail.strip_suffix("_ip.weight") {
+                let position = cross.iter().position(|p| p.index == index).ok_or_else(|| {
+                    weights_error(
+                        &file,
+                        format!(
+                            "ip_adapter.{key}: the UNet has no cross-attention processor {index} \
+                             (it has {} attention processors): an adapter for another base model?",
+                            processors.len()
+                        ),
+                    )
+                })?;
+                if tensor.shape.len() != 2 || tensor.shape[1] != unet_cross {
+                    return Err(weights_error(
+                        &file,
+                        format!(
+                            "ip_adapter.{key} has shape {:?}: made for a cross-attention width of {} \
+                             but the UNet's is {unet_cross} (768: SD1.5, 2048: SDXL)",
+                            tensor.shape,
+                            tensor.shape.get(1).copied().unwrap_or(0)
+                        ),
+                    ));
+                }
+                if which == "to_k" {
+                    ip_indices.push(index);
+                }
+                renamed.insert(format!("ip_layers.{position}.{which}_ip.weight"), tensor);
+            } else if let Some((projection, rest)) = tail.split_once("_lora.") {
+                lora_indices.insert(index);
+                renamed.insert(format!("lora.{index}.{projection}.{rest}"), tensor);
+            } else {
+                return Err(weights_error(
+                    &file,
+                    format!("unexpected tensor ip_adapter.{key}"),
+                ));
+            }
+        }
+        if ip_indices.len() != cross.len() {
+            return Err(weights_error(
+                &file,
+                format!(
+                    "{} image key/value layers for a UNet with {} cross-attention layers: \
+                     an adapter for another base model?",
+                    ip_indices.len(),
+                    cross.len()
+                ),
+            ));
+        }
+        let has_lora = !lora_indices.is_empty();
+        if has_lora && lora_indices.len() != processors.len() {
+            return Err(weights_error(
+                &file,
+                format!(
+                    "LoRA for {} of the UNet's {} attention processors",
+                    lora_indices.len(),
+                    processors.len()
+                ),
+            ));
+        }
+        if kind == IpAdapterKind::FaceId && !has_lora {
+            return Err(weights_error(
+                &file,
+                "IP-Adapter-FaceID weights without their LoRA (to_*_lora): \
+                 the FaceID adapter only works with it",
+            ));
+        }
+
+        // The image projection, renamed to our module paths.
+        let (image_proj, input_dim) = match kind {
+            IpAdapterKind::Basic => {
+                let [out, input] = shape(&proj, "proj.weight", &file)?
+                    .try_into()
+                    .map_err(|_| weights_error(&file, "proj.weight is not 2-D"))?;
+                let cross_dim = shape(&proj, "norm.weight", &file)?[0];
+                for (k, t) in std::mem::take(&mut proj) {
+                    renamed.insert(format!("image_proj.{k}"), t);
+                }
+                (
+                    ImageProjectionModel::Linear(LinearProjection {
+                        proj: linear(input, out, true, device),
+                        norm: layer_norm(cross_dim, device),
+                    }),
+                    input,
+                )
+            }
+            IpAdapterKind::FullFace | IpAdapterKind::FaceId => {
+                let fc1 = shape(&proj, "proj.0.weight", &file)?.to_vec();
+                let fc2 = shape(&proj, "proj.2.weight", &file)?.to_vec();
+                let norm_key = if kind == IpAdapterKind::FullFace {
+                    "proj.3"
+                } else {
+                    "norm"
+                };
+                let norm = shape(&proj, &format!("{norm_key}.weight"), &file)?[0];
+                for (k, t) in std::mem::take(&mut proj) {
+                    let ours = k
+                        .replace("proj.0.", "fc1.")
+                        .replace("proj.2.", "fc2.")
+                        .replace(&format!("{norm_key}."), "norm.");
+                    renamed.insert(format!("image_proj.{ours}"), t);
+                }
+                (
+                    ImageProjectionModel::Mlp(MlpProjection {
+                        fc1: linear(fc1[1], fc1[0], true, device),
+                        fc2: linear(fc2[1], fc2[0], true, device),
+                        norm: layer_norm(norm, device),
+                    }),
+                    fc1[1],
+                )
+            }
+            IpAdapterKind::Plus | IpAdapterKind::InstantId => {
+                let latents = shape(&proj, "latents", &file)?.to_vec();
+                let proj_in = shape(&proj, "proj_in.weight", &file)?.to_vec();
+                let proj_out = shape(&proj, "proj_out.weight", &file)?.to_vec();
+                if latents.len() != 3 || proj_in.len() != 2 || proj_out.len() != 2 {
+                    return Err(weights_error(&file, "malformed Resampler shapes"));
+                }
+                let hidden = latents[2];
+                let depth = proj
+                    .keys()
+                    .filter_map(|k| indexed(k, "layers.").map(|(i, _)| i + 1))
+                    .max()
+                    .unwrap_or(0);
+                let mut resampler_layers = Vec::new();
+                for n in 0..depth {
+                    let inner = shape(&proj, &format!("layers.{n}.0.to_q.weight"), &file)?[0];
+                    let ff = shape(&proj, &format!("layers.{n}.1.1.weight"), &file)?[0];
+                    resampler_layers.push(ResamplerLayer {
+                        attn: PerceiverAttention {
+                            norm1: layer_norm(hidden, device),
+                            norm2: layer_norm(hidden, device),
+                            to_q: linear(hidden, inner, false, device),
+                            to_kv: linear(hidden, 2 * inner, false, device),
+                            to_out: linear(inner, hidden, false, device),
+                            heads: (inner / 64).max(1),
+                        },
+                        ff: ResamplerFeedForward {
+                            norm: layer_norm(hidden, device),
+                            fc1: linear(hidden, ff, false, device),
+                            fc2: linear(ff, hidden, false, device),
+                        },
+                    });
+                }
+                for (k, t) in std::mem::take(&mut proj) {
+                    let ours = match indexed(&k, "layers.") {
+                        Some((n, tail)) => {
+                            let tail = if let Some(rest) = tail.strip_prefix("0.") {
+                                format!("attn.{rest}")
+                            } else if let Some(rest) = tail.strip_prefix("1.0.") {
+                                format!("ff.norm.{rest}")
+                            } else if let Some(rest) = tail.strip_prefix("1.1.") {
+                                format!("ff.fc1.{rest}")
+                            } else if let Some(rest) = tail.strip_prefix("1.3.") {
+                                format!("ff.fc2.{rest}")
+                            } else {
+                                tail.to_owned()
+                            };
+                            format!("layers.{n}.{tail}")
+                        }
+                        None => k,
+                    };
+                    renamed.insert(format!("image_proj.{ours}"), t);
+                }
+                (
+                    ImageProjectionModel::Resampler(Resampler {
+                        latents: Param::from_tensor(Tensor::zeros([1, latents[1], hidden], device)),
+                        proj_in: linear(proj_in[1], proj_in[0], true, device),
+                        layers: resampler_layers,
+                        proj_out: linear(proj_out[1], proj_out[0], true, device),
+                        norm_out: layer_norm(proj_out[0], device),
+                    }),
+                    proj_in[1],
+                )
+            }
+        };
+
+        let ip_layers = cross
+            .iter()
+            .map(|p| IpLayer {
+                to_k_ip: linear(unet_cross, p.hidden, false, device),
+                to_v_ip: linear(unet_cross, p.hidden, false, device),
+            })
+            .collect();
+        let lora = if has_lora {
+            processors
+                .iter()
+                .map(|p| {
+                    let rank = renamed
+                        .get(&format!("lora.{}.to_q.down.weight", p.index))
+                        .map(|t| t.shape[0])
+                        .unwrap_or(1);
+                    AttentionLora {
+                        to_q: LoraLinear::new(p.hidden, rank, p.hidden, device),
+                        to_k: LoraLinear::new(p.context, rank, p.hidden, device),
+                        to_v: LoraLinear::new(p.context, rank, p.hidden, device),
+                        to_out: LoraLinear::new(p.hidden, rank, p.hidden, device),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let module = IpAdapterWeights {
+            image_proj,
+            ip_layers,
+            lora,
+        };
+        let bytes = to_safetensors(&renamed)?;
+        let weights = load_strict_bytes(module, bytes, &file, &KeyMap::default())?;
+        Ok(IpAdapter {
+            weights,
+            kind,
+            processors: cross.iter().map(|p| p.index).collect(),
+            input_dim,
+            cross_dim: unet_cross,
+        })
+    }
+
+    /// The variant.
+    pub fn kind(&self) -> IpAdapterKind {
+        self.kind
+    }
+
+    /// Width of the projection's input: CLIP `image_embeds` (IP-Adapter), CLIP hidden size
+    /// (Plus, Full-Face) or the face embedding (FaceID, InstantID).
+    pub fn input_dim(&self) -> usize {
+        self.input_dim
+    }
+
+    /// Whether this adapter needs a CLIP image encoder.
+    pub fn needs_image_encoder(&self) -> bool {
+        !self.kind.takes_face_embedding()
+    }
+
+    /// Projects `[B, S, input_dim]` features to image tokens `[B, T, cross]`.
+    pub fn project(&self, features: Tensor<3>) -> Tensor<3> {
+        self.weights.image_proj.forward(features, self.cross_dim)
+    }
+
+    /// `(unconditional, conditional)` image tokens `[1, T, cross]` for `prompt`, as diffusers'
+    /// `prepare_ip_adapter_image_embeds` computes them: zero embeddings (IP-Adapter, FaceID,
+    /// InstantID) or the encoder's view of a black image (Plus, Full-Face) for the
+    /// unconditional side.
+    pub fn tokens(
+        &self,
+        prompt: &IpAdapterPrompt,
+        encoder: Option<&ImageEncoder>,
+        device: &Device,
+    ) -> Result<(Tensor<3>, Tensor<3>)> {
+        let features = if self.kind.takes_face_embedding() {
+            let embedding = prompt.face_embedding.as_ref().ok_or_else(|| {
+                AvatarError::invalid(
+                    "face_embedding",
+                    format!("the {:?} adapter needs a face embedding", self.kind),
+                )
+            })?;
+            if embedding.len() != self.input_dim {
+                return Err(AvatarError::invalid(
+                    "face_embedding",
+                    format!(
+                        "{} values, the adapter takes {}",
+                        embedding.len(),
+                        self.input_dim
+                    ),
+                ));
+            }
+            if embedding.iter().any(|v| !v.is_finite()) {
+                return Err(AvatarError::invalid(
+                    "face_embedding",
+                    "holds a non-finite value",
+                ));
+            }
+            let mut values = embedding.clone();
+            if self.kind == IpAdapterKind::FaceId {
+                let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
+                if norm == 0.0 {
+                    return Err(AvatarError::invalid("face_embedding", "is all zeros"));
+                }
+                values.iter_mut().for_each(|v| *v /= norm);
+            }
+            let cond =
+                Tensor::<3>::from_data(TensorData::new(values, [1, 1, self.input_dim]), device);
+            (cond.zeros_like(), cond)
+        } else {
+            let image = prompt.image.as_ref().ok_or_else(|| {
+                AvatarError::invalid(
+                    "ip_adapter_image",
+                    format!("the {:?} adapter needs a reference image", self.kind),
+                )
+            })?;
+            let encoder = encoder.ok_or_else(|| {
+                AvatarError::Config(
+                    "this IP-Adapter needs a CLIP image encoder: load one with the adapter".into(),
+                )
+            })?;
+            let pixels = encoder.preprocess(image, device);
+            if self.kind == IpAdapterKind::Basic {
+                if encoder.projection_dim() != self.input_dim {
+                    return Err(AvatarError::Config(format!(
+                        "the image encoder's projection_dim is {}, the adapter takes {}",
+                        encoder.projection_dim(),
+                        self.input_dim
+                    )));
+                }
+                let embeds = encoder.image_embeds(pixels).unsqueeze_dim(1);
+                (embeds.zeros_like(), embeds)
+            } else {
+                if encoder.hidden_size() != self.input_dim {
+                    return Err(AvatarError::Config(format!(
+                        "the image encoder's hidden_size is {}, the adapter takes {}",
+                        encoder.hidden_size(),
+                        self.input_dim
+                    )));
+                }
+                let both = encoder
+                    .penultimate_hidden_states(Tensor::cat(vec![pixels.zeros_like(), pixels], 0));
+                let [_, s, h] = both.dims();
+                (
+                    both.clone().slice([0..1, 0..s, 0..h]),
+                    both.slice([1..2, 0..s, 0..h]),
+                )
+            }
+        };
+        let (uncond, cond) = features;
+        let projected = self.project(Tensor::cat(vec![uncond, cond], 0));
+        let [_, t, c] = projected.dims();
+        Ok((
+            projected.clone().slice([0..1, 0..t, 0..c]),
+            projected.slice([1..2, 0..t, 0..c]),
+        ))
+    }
+
+    /// Adds this adapter to `injection` for image tokens `[B, T, cross]` (batched like the
+    /// UNet's input) at `scale`: keys/values computed once per layer, plus FaceID's LoRA.
+    pub fn inject(&self, tokens: Tensor<3>, scale: f32, injection: &mut AttentionInjection) {
+        for (layer, &index) in self.weights.ip_layers.iter().zip(&self.processors) {
+            injection.push_stream(
+                index,
+                ExtraKeyValue {
+                    key: layer.to_k_ip.forward(tokens.clone()),
+                    value: layer.to_v_ip.forward(tokens.clone()),
+                    scale,
+                },
+            );
+        }
+        for (index, lora) in self.weights.lora.iter().enumerate() {
+            injection.push_lora(index, lora.clone());
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! IP-Adapter against diffusers 0.42.1 (`tools/reference/face_adapters/make_ip_adapter_fixtures.py`):
+//! the tiny CLIP image encoder, every variant's image tokens (conditional and unconditional),
+//! whole SD1.5 / SDXL runs with each adapter (and two at once), and the errors for mixed-up
+//! weights.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use avatar_core::AvatarError;
+use avatar_core::diffusion::image_encoder::ImageEncoder;
+use avatar_core::diffusion::ip_adapter::{IpAdapter, IpAdapterKind, IpAdapterPrompt};
+use avatar_core::diffusion::pipeline::{StableDiffusion, TextToImageOptions};
+use avatar_core::diffusion::single_file::to_safetensors;
+use avatar_core::diffusion::weights::read_tensors;
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::SafeTensors;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn adapters() -> PathBuf {
+    fixtures().join("ip_adapter")
+}
+
+fn reference<const D: usize>(name: &str, device: &Device) -> Tensor<D> {
+    let bytes = std::fs::read(adapters().join("reference.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let view = tensors.tensor(name).unwrap();
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let shape: [usize; D] = view.shape().try_into().unwrap();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+fn reference_image() -> image::RgbaImage {
+    image::open(adapters().join("reference.png"))
+        .unwrap()
+        .to_rgba8()
+}
+
+fn face_embedding(device: &Device) -> Vec<f32> {
+    reference::<2>("face_embedding", device)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
+}
+
+fn pipeline(model: &str, device: &Device) -> StableDiffusion {
+    StableDiffusion::load(&fixtures().join("diffusion").join(model), device).unwrap()
+}
+
+fn options(device: &Device, ip_adapter: Vec<IpAdapterPrompt>) -> TextToImageOptions {
+    TextToImageOptions {
+        prompt: "a portrait of a smiling woman".into(),
+        negative_prompt: "blurry".into(),
+        num_inference_steps: 2,
+        guidance_scale: 7.5,
+        width: Some(16),
+        height: Some(16),
+        scheduler: Some("ddim".into()),
+        latents: Some(reference("latents", device)),
+        ip_adapter,
+        ..Default::default()
+    }
+}
+
+fn check_image(pipeline: &StableDiffusion, options: &TextToImageOptions, expected: &str) {
+    let device = Device::flex();
+    let image = pipeline.text_to_image_tensor(options, |_| true).unwrap();
+    let diff = max_diff(image, reference(expected, &device));
+    eprintln!("{expected}: max abs diff {diff:e}");
+    assert!(diff < 1e-3, "{expected}: {diff}");
+}
+
+#[test]
+fn image_encoder_matches_transformers() {
+    let device = Device::flex();
+    let encoder = ImageEncoder::load(&adapters().join("image_encoder"), &device).unwrap();
+    let pixels = encoder.preprocess(&reference_image(), &device);
+    assert!(max_diff(pixels.clone(), reference("pixel_values", &device)) < 1e-5);
+    let embeds = encoder.image_embeds(pixels.clone());
+    assert!(max_diff(embeds, reference("image_embeds", &device)) < 1e-4);
+    let hidden = encoder.penultimate_hidden_states(pixels.clone());
+    assert!(max_diff(hidden, reference("penultimate", &device)) < 1e-4);
+    let zeros = encoder.penultimate_hidden_states(pixels.zeros_like());
+    assert!(max_diff(zeros, reference("penultimate_zeros", &device)) < 1e-4);
+}
+
+#[test]
+fn every_variant_projects_like_diffusers() {
+    let device = Device::flex();
+    let sd = pipeline("sd15_tiny", &device);
+    let encoder = ImageEncoder::load(&adapters().join("image_encoder"), &device).unwrap();
+    let image = reference_image();
+    let face = face_embedding(&device);
+    for (file, kind, key, prompt) in [
+        (
+            "ip_adapter.safetensors",
+            IpAdapterKind::Basic,
+            "basic",
+            IpAdapterPrompt::image(image.clone(), 1.0),
+        ),
+        (
+            "ip_adapter_plus.bin",
+            IpAdapterKind::Plus,
+            "plus",
+            IpAdapterPrompt::image(image.clone(), 1.0),
+        ),
+        (
+            "ip_adapter_full_face.bin",
+            IpAdapterKind::FullFace,
+            "full_face",
+            IpAdapterPrompt::image(image.clone(), 1.0),
+        ),
+        (
+            "ip_adapter_faceid.bin",
+            IpAdapterKind::FaceId,
+            "faceid",
+            IpAdapterPrompt::face(face.clone(), 1.0),
+        ),
+    ] {
+        let adapter = IpAdapter::load(&adapters().join(file), sd.unet(), &device).unwrap();
+        assert_eq!(adapter.kind(), kind);
+        let (uncond, cond) = adapter.tokens(&prompt, Some(&encoder), &device).unwrap();
+        let expected = reference::<3>(&format!("{key}_tokens"), &device);
+        let diff = max_diff(Tensor::cat(vec![uncond, cond], 0), expected);
+        eprintln!("{key} tokens: max abs diff {diff:e}");
+        assert!(diff < 1e-4, "{key}: {diff}");
+    }
+}
+
+#[test]
+fn sd15_runs_with_each_adapter_match_diffusers() {
+    let device = Device::flex();
+    let image = reference_image();
+    for (file, scale, expected) in [
+        ("ip_adapter.safetensors", 0.7, "basic_image"),
+        ("ip_adapter_plus.bin", 1.0, "plus_image"),
+        ("ip_adapter_full_face.bin", 0.6, "full_face_image"),
+    ] {
+        let mut sd = pipeline("sd15_tiny", &device);
+        let index = sd
+            .load_ip_adapter(
+                &adapters().join(file),
+                Some(&adapters().join("image_encoder")),
+            )
+            .unwrap();
+        assert_eq!(index, 0);
+        let options = options(&device, vec![IpAdapterPrompt::image(image.clone(), scale)]);
+        check_image(&sd, &options, expected);
+    }
+    // FaceID: the raw embedding is normalised here; its LoRA changes every attention layer.
+    let mut sd = pipeline("sd15_tiny", &device);
+    sd.load_ip_adapter(&adapters().join("ip_adapter_faceid.bin"), None)
+        .unwrap();
+    let face = face_embedding(&device);
+    let options = options(&device, vec![IpAdapterPrompt::face(face, 0.8)]);
+    check_image(&sd, &options, "faceid_image");
+}
+
+#[test]
+fn two_adapters_at_once_match_diffusers() {
+    let device = Device::flex();
+    let mut sd = pipeline("sd15_tiny", &device);
+    let encoder = adapters().join("image_encoder");
+    sd.load_ip_adapter(&adapters().join("ip_adapter.safetensors"), Some(&encoder))
+        .unwrap();
+    sd.load_ip_adapter(&adapters().join("ip_adapter_plus.bin"), None)
+        .unwrap();
+    let image = reference_image();
+    let options = options(
+        &device,
+        vec![
+            IpAdapterPrompt::image(image.clone(), 0.5),
+            IpAdapterPrompt::image(image, 0.8),
+        ],
+    );
+    check_image(&sd, &options, "multi_image");
+}
+
+#[test]
+fn sdxl_run_with_adapter_matches_diffusers() {
+    let device = Device::flex();
+    let mut sd = pipeline("sdxl_tiny", &device);
+    sd.load_ip_adapter(
+        &adapters().join("ip_adapter_sdxl.safetensors"),
+        Some(&adapters().join("image_encoder")),
+    )
+    .unwrap();
+    let options = options(
+        &device,
+        vec![IpAdapterPrompt::image(reference_image(), 0.9)],
+    );
+    check_image(&sd, &options, "sdxl_image");
+}
+
+fn write_without(source: &str, drop: impl Fn(&str) -> bool, target: &Path) {
+    let tensors: BTreeMap<_, _> = read_tensors(&adapters().join(source))
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| !drop(k))
+        .collect();
+    std::fs::write(target, to_safetensors(&tensors).unwrap()).unwrap();
+}
+
+#[test]
+fn mixed_up_weights_are_typed_errors() {
+    let device = Device::flex();
+    let sd15 = pipeline("sd15_tiny", &device);
+    let sdxl = pipeline("sdxl_tiny", &device);
+    // An SD1.5 adapter on the SDXL UNet and the other way round.
+    let err = IpAdapter::load(
+        &adapters().join("ip_adapter.safetensors"),
+        sdxl.unet(),
+        &device,
+    )
+    .unwrap_err();
+    assert!(matches!(err, AvatarError::Weights(_)), "{err}");
+    let err = IpAdapter::load(
+        &adapters().join("ip_adapter_sdxl.safetensors"),
+        sd15.unet(),
+        &device,
+    )
+    .unwrap_err();
+    assert!(matches!(err, AvatarError::Weights(_)), "{err}");
+    eprintln!("{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    // FaceID without its LoRA.
+    let no_lora = dir.path().join("faceid_no_lora.safetensors");
+    write_without("ip_adapter_faceid.bin", |k| k.contains("_lora."), &no_lora);
+    let err = IpAdapter::load(&no_lora, sd15.unet(), &device).unwrap_err();
+    assert!(err.to_string().contains("LoRA"), "{err}");
+    // A missing key-value layer.
+    let missing = dir.path().join("missing.safetensors");
+    write_without(
+        "ip_adapter.safetensors",
+        |k| k == "ip_adapter.3.to_v_ip.weight",
+        &missing,
+    );
+    assert!(IpAdapter::load(&missing, sd15.unet(), &device).is_err());
+    // Not an adapter at all.
+    let err = IpAdapter::load(
+        &fixtures().join("diffusion/sd15_tiny/vae/diffusion_pytorch_model.safetensors"),
+        sd15.unet(),
+        &device,
+    )
+    .unwrap_err();
+    assert!(matches!(err, AvatarError::Weights(_)), "{err}");
+    // InstantID's adapter is a Resampler.
+    assert!(
+        IpAdapter::load_instantid(
+            &adapters().join("ip_adapter.safetensors"),
+            sd15.unet(),
+            &device
+        )
+        .is_err()
+    );
+    // An image adapter without an encoder.
+    let mut sd = pipeline("sd15_tiny", &device);
+    let err = sd
+        .load_ip_adapter(&adapters().join("ip_adapter_plus.bin"), None)
+        .unwrap_err();
+    assert!(matches!(err, AvatarError::Config(_)), "{err}");
+}
+
+#[test]
+fn adapter_prompts_are_validated() {
+    let device = Device::flex();
+    let mut sd = pipeline("sd15_tiny", &device);
+    sd.load_ip_adapter(&adapters().join("ip_adapter_faceid.bin"), None)
+        .unwrap();
+    let run = |prompts: Vec<IpAdapterPrompt>| {
+        sd.text_to_image_tensor(&options(&device, prompts), |_| true)
+            .unwrap_err()
+    };
+    // A face adapter given an image, a wrong-length embedding, an out-of-range scale, too many
+    // prompts.
+    let err = run(vec![IpAdapterPrompt::image(reference_image(), 1.0)]);
+    assert_eq!(err.field(), Some("face_embedding"));
+    let err = run(vec![IpAdapterPrompt::face(vec![0.5; 7], 1.0)]);
+    assert_eq!(err.field(), Some("face_embedding"));
+    let face = face_embedding(&device);
+    let err = run(vec![IpAdapterPrompt::face(face.clone(), 3.0)]);
+    assert_eq!(err.field(), Some("ip_adapter_scale"));
+    let err = run(vec![
+        IpAdapterPrompt::face(face.clone(), 1.0),
+        IpAdapterPrompt::face(face, 1.0),
+    ]);
+    assert_eq!(err.field(), Some("ip_adapter"));
+}
