@@ -80,11 +80,13 @@ fn run(model: &str, folder: &str, scheduler_name: &str) -> f32 {
         added,
         guidance_scale: 7.5,
         attention: Default::default(),
+        control: Vec::new(),
     };
     let mut draws = 0;
     let mut reports = Vec::new();
     let latents = denoise(
         &unet,
+        &[],
         &mut scheduler,
         inputs.tensor("latents", None, &device),
         true,
@@ -157,11 +159,13 @@ fn cancelling_and_mismatched_batches_are_errors() {
         added: None,
         guidance_scale: 7.5,
         attention: Default::default(),
+        control: Vec::new(),
     };
     let latents: Tensor<4> = inputs.tensor("latents", None, &device);
     let mut calls = 0;
     let err = denoise(
         &unet,
+        &[],
         &mut scheduler,
         latents.clone(),
         true,
@@ -179,6 +183,7 @@ fn cancelling_and_mismatched_batches_are_errors() {
     let two = Tensor::cat(vec![latents.clone(), latents], 0);
     let err = denoise(
         &unet,
+        &[],
         &mut scheduler,
         two,
         true,

@@ -4,8 +4,9 @@
 use burn::tensor::Tensor;
 
 use super::attention::AttentionInjection;
+use super::controlnet::ControlNetModel;
 use super::schedulers::Scheduler;
-use super::unet::{AddedConditioning, UNet2DConditionModel};
+use super::unet::{AddedConditioning, ControlResiduals, UNet2DConditionModel};
 use super::vae::{AutoencoderKL, VaeConfig};
 use crate::avatar::Progress;
 use crate::error::{AvatarError, Result};
@@ -23,6 +24,26 @@ pub struct Conditioning {
     /// Adapter additions to the UNet's attention (IP-Adapter tokens batched like
     /// `prompt_embeds`, FaceID LoRA).
     pub attention: AttentionInjection,
+    /// ControlNets to run at every step (their residuals are summed).
+    pub control: Vec<ControlInput>,
+}
+
+/// One ControlNet's input for a run.
+#[derive(Debug, Clone)]
+pub struct ControlInput {
+    /// Index of the ControlNet in the list given to [`denoise`].
+    pub net: usize,
+    /// Conditioning image `[B or 2B, 3, H, W]` in [0, 1], batched like the UNet's input.
+    pub image: Tensor<4>,
+    /// What the ControlNet attends to instead of the prompt (InstantID's face tokens), batched
+    /// like `prompt_embeds`.
+    pub context: Option<Tensor<3>>,
+    /// Conditioning scale.
+    pub scale: f32,
+    /// Fraction of the steps after which the ControlNet starts.
+    pub guidance_start: f64,
+    /// Fraction of the steps after which it stops.
+    pub guidance_end: f64,
 }
 
 impl Conditioning {
@@ -39,6 +60,7 @@ impl Conditioning {
 #[allow(clippy::too_many_arguments)]
 pub fn denoise(
     unet: &UNet2DConditionModel,
+    controlnets: &[ControlNetModel],
     scheduler: &mut Scheduler,
     latents: Tensor<4>,
     scale_initial: bool,
@@ -77,13 +99,49 @@ pub fn denoise(
         };
         let input = scheduler.scale_model_input(input, t)?;
         let times = vec![t as f32; input.dims()[0]];
+        let mut residuals: Option<ControlResiduals> = None;
+        for control in &conditioning.control {
+            // diffusers' `controlnet_keep`: 0 outside [start, end] of the steps.
+            let before = (i as f64 / total as f64) < control.guidance_start;
+            let after = ((i + 1) as f64 / total as f64) > control.guidance_end;
+            if before || after || control.scale == 0.0 {
+                continue;
+            }
+            let net = controlnets.get(control.net).ok_or_else(|| {
+                AvatarError::invalid("controlnet", format!("no ControlNet {}", control.net))
+            })?;
+            let context = control
+                .context
+                .clone()
+                .unwrap_or_else(|| conditioning.prompt_embeds.clone());
+            let out = net.forward(
+                input.clone(),
+                &times,
+                context,
+                conditioning.added.as_ref(),
+                control.image.clone(),
+                control.scale,
+            )?;
+            residuals = Some(match residuals {
+                None => out,
+                Some(sum) => ControlResiduals {
+                    down: sum
+                        .down
+                        .into_iter()
+                        .zip(out.down)
+                        .map(|(a, b)| a + b)
+                        .collect(),
+                    mid: sum.mid + out.mid,
+                },
+            });
+        }
         let prediction = unet.forward_with(
             input,
             &times,
             conditioning.prompt_embeds.clone(),
             conditioning.added.as_ref(),
             &conditioning.attention,
-            None,
+            residuals.as_ref(),
         )?;
         let prediction = if guided {
             let [b2, c, h, w] = prediction.dims();

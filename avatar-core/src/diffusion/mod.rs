@@ -8,6 +8,7 @@
 //! - [`clip_text`]: the CLIP text encoders (SD1.5's CLIP-L, SDXL's CLIP-L + OpenCLIP bigG).
 //! - [`clip_vision`]: transformers' CLIP vision tower; [`image_encoder`]: it with its projection
 //!   (IP-Adapter's image encoder).
+//! - [`controlnet`]: `ControlNetModel` (residuals for the UNet from a conditioning image).
 //! - [`ip_adapter`]: IP-Adapter, Plus, Full-Face, FaceID and InstantID's face adapter.
 //! - [`safety_checker`]: diffusers' `StableDiffusionSafetyChecker` and the obfuscations of
 //!   flagged images.
@@ -21,6 +22,7 @@
 pub mod attention;
 pub mod clip_text;
 pub mod clip_vision;
+pub mod controlnet;
 pub mod denoise;
 pub mod embeddings;
 pub mod face_avatar;

@@ -9,7 +9,8 @@ use image::RgbaImage;
 
 use super::attention::AttentionInjection;
 use super::clip_text::{ClipTextConfig, ClipTextModel};
-use super::denoise::{Conditioning, decode_latents, denoise};
+use super::controlnet::{ControlNetConfig, ControlNetModel};
+use super::denoise::{Conditioning, ControlInput, decode_latents, denoise};
 use super::image_encoder::ImageEncoder;
 use super::ip_adapter::{IpAdapter, IpAdapterPrompt};
 use super::schedulers::{Scheduler, SchedulerConfig};
@@ -62,6 +63,43 @@ pub struct TextToImageOptions {
     pub vae_tiling: bool,
     /// One prompt per loaded IP-Adapter, in loading order (empty: adapters off).
     pub ip_adapter: Vec<IpAdapterPrompt>,
+    /// Conditioning images for the loaded ControlNets (each names its ControlNet; several
+    /// ControlNets add their residuals, as diffusers' `MultiControlNetModel`).
+    pub controlnet: Vec<ControlNetPrompt>,
+}
+
+/// One ControlNet's input for a generation (diffusers' `image`,
+/// `controlnet_conditioning_scale`, `control_guidance_start` / `_end`).
+#[derive(Debug, Clone)]
+pub struct ControlNetPrompt {
+    /// Index of the loaded ControlNet ([`StableDiffusion::load_controlnet`]'s return value).
+    pub net: usize,
+    /// The conditioning image (pose skeleton, edges, depth, keypoints; resized to the output
+    /// size if it differs).
+    pub image: RgbaImage,
+    /// Conditioning scale (0..=2).
+    pub scale: f32,
+    /// Fraction of the steps after which the ControlNet starts (0..=1).
+    pub guidance_start: f64,
+    /// Fraction of the steps after which it stops (`guidance_start..=1`).
+    pub guidance_end: f64,
+    /// Attend to this IP-Adapter's image tokens instead of the prompt (InstantID's IdentityNet
+    /// takes the face tokens of the InstantID adapter).
+    pub context_from_ip_adapter: Option<usize>,
+}
+
+impl ControlNetPrompt {
+    /// `image` for ControlNet `net` at `scale`, over all steps, attending to the prompt.
+    pub fn new(net: usize, image: RgbaImage, scale: f32) -> Self {
+        ControlNetPrompt {
+            net,
+            image,
+            scale,
+            guidance_start: 0.0,
+            guidance_end: 1.0,
+            context_from_ip_adapter: None,
+        }
+    }
 }
 
 impl Default for TextToImageOptions {
@@ -82,6 +120,7 @@ impl Default for TextToImageOptions {
             target_size: None,
             vae_tiling: false,
             ip_adapter: Vec::new(),
+            controlnet: Vec::new(),
         }
     }
 }
@@ -105,6 +144,7 @@ pub struct StableDiffusion {
     force_zeros_for_empty_prompt: bool,
     ip_adapters: Vec<IpAdapter>,
     image_encoder: Option<ImageEncoder>,
+    controlnets: Vec<ControlNetModel>,
     device: Device,
 }
 
@@ -157,6 +197,7 @@ impl StableDiffusion {
                 .unwrap_or(false),
             ip_adapters: Vec::new(),
             image_encoder: None,
+            controlnets: Vec::new(),
             device: device.clone(),
         })
     }
@@ -195,6 +236,21 @@ impl StableDiffusion {
         Ok(self.ip_adapters.len() - 1)
     }
 
+    /// Loads a diffusers ControlNet folder (`config.json` + `diffusion_pytorch_model.safetensors`)
+    /// made for this pipeline's base model; returns its index for [`ControlNetPrompt::net`].
+    pub fn load_controlnet(&mut self, dir: &Path) -> Result<usize> {
+        let (config, net): (ControlNetConfig, ControlNetModel) =
+            ControlNetModel::load(dir, &self.device)?;
+        net.check_compatible(&config, &self.unet_config, &dir.display().to_string())?;
+        self.controlnets.push(net);
+        Ok(self.controlnets.len() - 1)
+    }
+
+    /// Number of loaded ControlNets.
+    pub fn controlnet_count(&self) -> usize {
+        self.controlnets.len()
+    }
+
     /// The loaded IP-Adapters, in loading order.
     pub fn ip_adapters(&self) -> &[IpAdapter] {
         &self.ip_adapters
@@ -211,10 +267,11 @@ impl StableDiffusion {
         prompts: &[IpAdapterPrompt],
         n: usize,
         guided: bool,
-    ) -> Result<AttentionInjection> {
+    ) -> Result<(AttentionInjection, Vec<Tensor<3>>)> {
         let mut injection = AttentionInjection::default();
+        let mut all_tokens = Vec::new();
         if prompts.is_empty() {
-            return Ok(injection);
+            return Ok((injection, all_tokens));
         }
         if prompts.len() != self.ip_adapters.len() {
             return Err(AvatarError::invalid(
@@ -241,9 +298,86 @@ impl StableDiffusion {
             } else {
                 cond
             };
-            adapter.inject(tokens, prompt.scale, &mut injection);
+            adapter.inject(tokens.clone(), prompt.scale, &mut injection);
+            all_tokens.push(tokens);
         }
-        Ok(injection)
+        Ok((injection, all_tokens))
+    }
+
+    /// The ControlNet inputs for `n` images of `height` x `width`, batched for guidance.
+    fn control_inputs(
+        &self,
+        prompts: &[ControlNetPrompt],
+        ip_tokens: &[Tensor<3>],
+        (n, height, width): (usize, usize, usize),
+        guided: bool,
+    ) -> Result<Vec<ControlInput>> {
+        prompts
+            .iter()
+            .map(|prompt| {
+                if prompt.net >= self.controlnets.len() {
+                    return Err(AvatarError::invalid(
+                        "controlnet",
+                        format!(
+                            "ControlNet {} is not loaded ({} loaded)",
+                            prompt.net,
+                            self.controlnets.len()
+                        ),
+                    ));
+                }
+                if !(0.0..=2.0).contains(&prompt.scale) {
+                    return Err(AvatarError::invalid(
+                        "controlnet_conditioning_scale",
+                        format!("{} is out of range 0..=2", prompt.scale),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&prompt.guidance_start)
+                    || !(prompt.guidance_start..=1.0).contains(&prompt.guidance_end)
+                {
+                    return Err(AvatarError::invalid(
+                        "control_guidance",
+                        format!(
+                            "start {} and end {} must satisfy 0 <= start <= end <= 1",
+                            prompt.guidance_start, prompt.guidance_end
+                        ),
+                    ));
+                }
+                let context = match prompt.context_from_ip_adapter {
+                    None => None,
+                    Some(k) => Some(ip_tokens.get(k).cloned().ok_or_else(|| {
+                        AvatarError::invalid(
+                            "controlnet",
+                            format!("no tokens of IP-Adapter {k} in this request"),
+                        )
+                    })?),
+                };
+                let (w, h) = (width as u32, height as u32);
+                let image = if prompt.image.dimensions() == (w, h) {
+                    prompt.image.clone()
+                } else {
+                    image::imageops::resize(
+                        &prompt.image,
+                        w,
+                        h,
+                        image::imageops::FilterType::Lanczos3,
+                    )
+                };
+                let image = Tensor::cat(vec![rgb_to_tensor(&image, &self.device); n], 0);
+                let image = if guided {
+                    Tensor::cat(vec![image.clone(), image], 0)
+                } else {
+                    image
+                };
+                Ok(ControlInput {
+                    net: prompt.net,
+                    image,
+                    context,
+                    scale: prompt.scale,
+                    guidance_start: prompt.guidance_start,
+                    guidance_end: prompt.guidance_end,
+                })
+            })
+            .collect()
     }
 
     /// Loads a single-file checkpoint (original LDM/SGM key names, as shared on model hubs),
@@ -420,12 +554,15 @@ impl StableDiffusion {
                 time_ids,
             }
         });
-        let attention = self.ip_adapter_injection(&options.ip_adapter, n, guided)?;
+        let (attention, ip_tokens) = self.ip_adapter_injection(&options.ip_adapter, n, guided)?;
+        let control =
+            self.control_inputs(&options.controlnet, &ip_tokens, (n, height, width), guided)?;
         Ok(Conditioning {
             prompt_embeds,
             added,
             guidance_scale: options.guidance_scale,
             attention,
+            control,
         })
     }
 
@@ -476,6 +613,7 @@ impl StableDiffusion {
         };
         let latents = denoise(
             &self.unet,
+            &self.controlnets,
             &mut scheduler,
             latents,
             true,
@@ -568,6 +706,7 @@ impl StableDiffusion {
         let noisy = scheduler.add_noise(init.clone(), noise(init.dims()), t)?;
         let latents = denoise(
             &self.unet,
+            &self.controlnets,
             &mut scheduler,
             noisy,
             false,

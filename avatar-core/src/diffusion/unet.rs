@@ -114,7 +114,7 @@ fn default_true() -> bool {
 }
 
 impl UNetConfig {
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let bad = |m: String| Err(AvatarError::Config(format!("UNet2DConditionModel: {m}")));
         let n = self.block_out_channels.len();
         if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
@@ -165,41 +165,48 @@ impl UNetConfig {
             .get(block)
     }
 
-    /// Builds the UNet with default-initialised weights.
-    pub fn init(&self, device: &Device) -> Result<UNet2DConditionModel> {
-        self.check()?;
+    fn resnet(&self, input: usize, output: usize, device: &Device) -> ResnetBlock2D {
+        let time_dim = 4 * self.block_out_channels[0];
+        ResnetBlock2D::new(
+            input,
+            output,
+            Some(time_dim),
+            self.norm_num_groups,
+            self.norm_eps,
+            device,
+        )
+    }
+
+    fn transformer(&self, channels: usize, block: usize, device: &Device) -> Transformer2DModel {
+        Transformer2DModel::new(
+            channels,
+            self.heads(block),
+            self.transformer_layers_per_block.get(block),
+            self.cross_attention_dim,
+            self.norm_num_groups,
+            self.use_linear_projection,
+            device,
+        )
+    }
+
+    /// The parts a UNet shares with a ControlNet: stem, time embeddings, down blocks and mid
+    /// block (checked config assumed).
+    pub(crate) fn init_down_path(&self, device: &Device) -> DownPath {
         let channels = &self.block_out_channels;
         let n = channels.len();
         let time_dim = 4 * channels[0];
-        let groups = self.norm_num_groups;
-        let resnet = |i: usize, o: usize| {
-            ResnetBlock2D::new(i, o, Some(time_dim), groups, self.norm_eps, device)
-        };
-        let transformer = |c: usize, block: usize, layers: usize| {
-            Transformer2DModel::new(
-                c,
-                self.heads(block),
-                layers,
-                self.cross_attention_dim,
-                groups,
-                self.use_linear_projection,
-                device,
-            )
-        };
-
         let mut down_blocks = Vec::new();
         let mut input = channels[0];
         for (i, kind) in self.down_block_types.iter().enumerate() {
             let output = channels[i];
             let cross = kind == "CrossAttnDownBlock2D";
-            let layers = self.transformer_layers_per_block.get(i);
             down_blocks.push(UNetBlock {
                 resnets: (0..self.layers_per_block)
-                    .map(|j| resnet(if j == 0 { input } else { output }, output))
+                    .map(|j| self.resnet(if j == 0 { input } else { output }, output, device))
                     .collect(),
                 attentions: if cross {
                     (0..self.layers_per_block)
-                        .map(|_| transformer(output, i, layers))
+                        .map(|_| self.transformer(output, i, device))
                         .collect()
                 } else {
                     vec![]
@@ -213,39 +220,64 @@ impl UNetConfig {
             });
             input = output;
         }
-
         let last = channels[n - 1];
         let mid_block = UNetBlock {
-            resnets: vec![resnet(last, last), resnet(last, last)],
-            attentions: vec![transformer(
-                last,
-                n - 1,
-                self.transformer_layers_per_block.get(n - 1),
-            )],
+            resnets: vec![
+                self.resnet(last, last, device),
+                self.resnet(last, last, device),
+            ],
+            attentions: vec![self.transformer(last, n - 1, device)],
             downsamplers: vec![],
             upsamplers: vec![],
         };
+        let add_embedding = match (
+            self.addition_embed_type.as_deref(),
+            self.projection_class_embeddings_input_dim,
+        ) {
+            (Some("text_time"), Some(input)) => {
+                Some(TimestepEmbedding::new(input, time_dim, device))
+            }
+            _ => None,
+        };
+        DownPath {
+            conv_in: conv3x3(self.in_channels, channels[0], device),
+            time_embedding: TimestepEmbedding::new(channels[0], time_dim, device),
+            add_embedding,
+            down_blocks,
+            mid_block,
+            time: TimeShape {
+                time_features: channels[0],
+                freq_shift: self.freq_shift,
+                add_time_features: self.addition_time_embed_dim.unwrap_or(0),
+            },
+        }
+    }
 
+    /// Builds the UNet with default-initialised weights.
+    pub fn init(&self, device: &Device) -> Result<UNet2DConditionModel> {
+        self.check()?;
+        let channels = &self.block_out_channels;
+        let n = channels.len();
+        let down = self.init_down_path(device);
         let mut up_blocks = Vec::new();
-        let mut previous = last;
+        let mut previous = channels[n - 1];
         for (i, kind) in self.up_block_types.iter().enumerate() {
             let block = n - 1 - i;
             let output = channels[block];
             let input = channels[block.saturating_sub(1)];
             let cross = kind == "CrossAttnUpBlock2D";
             let count = self.layers_per_block + 1;
-            let layers = self.transformer_layers_per_block.get(block);
             up_blocks.push(UNetBlock {
                 resnets: (0..count)
                     .map(|j| {
                         let skip = if j == count - 1 { input } else { output };
                         let from = if j == 0 { previous } else { output };
-                        resnet(from + skip, output)
+                        self.resnet(from + skip, output, device)
                     })
                     .collect(),
                 attentions: if cross {
                     (0..count)
-                        .map(|_| transformer(output, block, layers))
+                        .map(|_| self.transformer(output, block, device))
                         .collect()
                 } else {
                     vec![]
@@ -259,34 +291,123 @@ impl UNetConfig {
             });
             previous = output;
         }
-
-        let add_embedding = match (
-            self.addition_embed_type.as_deref(),
-            self.projection_class_embeddings_input_dim,
-        ) {
-            (Some("text_time"), Some(input)) => {
-                Some(TimestepEmbedding::new(input, time_dim, device))
-            }
-            _ => None,
-        };
         let mut unet = UNet2DConditionModel {
-            conv_in: conv3x3(self.in_channels, channels[0], device),
-            time_embedding: TimestepEmbedding::new(channels[0], time_dim, device),
-            add_embedding,
-            down_blocks,
-            mid_block,
+            conv_in: down.conv_in,
+            time_embedding: down.time_embedding,
+            add_embedding: down.add_embedding,
+            down_blocks: down.down_blocks,
+            mid_block: down.mid_block,
             up_blocks,
-            conv_norm_out: group_norm(groups, channels[0], self.norm_eps, device),
+            conv_norm_out: group_norm(self.norm_num_groups, channels[0], self.norm_eps, device),
             conv_out: conv3x3(channels[0], self.out_channels, device),
-            time_features: channels[0],
-            freq_shift: self.freq_shift,
-            add_time_features: self.addition_time_embed_dim.unwrap_or(0),
+            time_features: down.time.time_features,
+            freq_shift: down.time.freq_shift,
+            add_time_features: down.time.add_time_features,
         };
         for (k, block) in unet.transformer_blocks_mut().into_iter().enumerate() {
             block.processor = 2 * k;
         }
         Ok(unet)
     }
+}
+
+/// The parts a UNet shares with a ControlNet.
+pub(crate) struct DownPath {
+    pub conv_in: Conv2d,
+    pub time_embedding: TimestepEmbedding,
+    pub add_embedding: Option<TimestepEmbedding>,
+    pub down_blocks: Vec<UNetBlock>,
+    pub mid_block: UNetBlock,
+    pub time: TimeShape,
+}
+
+/// Widths of the sinusoidal time features.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TimeShape {
+    pub time_features: usize,
+    pub freq_shift: usize,
+    pub add_time_features: usize,
+}
+
+/// The time embedding (plus SDXL's added conditioning) of a batch of `batch`.
+pub(crate) fn embed_time(
+    time_embedding: &TimestepEmbedding,
+    add_embedding: Option<&TimestepEmbedding>,
+    shape: TimeShape,
+    timesteps: &[f32],
+    added: Option<&AddedConditioning>,
+    device: &Device,
+) -> Result<Tensor<2>> {
+    let b = timesteps.len();
+    let features = timestep_features(
+        timesteps,
+        shape.time_features,
+        shape.freq_shift as f32,
+        device,
+    );
+    let mut temb = time_embedding.forward(features);
+    match (add_embedding, added) {
+        (Some(embedding), Some(added)) => {
+            let ids = added
+                .time_ids
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| AvatarError::Backend(format!("{e:?}")))?;
+            let time = timestep_features(&ids, shape.add_time_features, 0.0, device)
+                .reshape([b, ids.len() / b * shape.add_time_features]);
+            let input = Tensor::cat(vec![added.text_embeds.clone(), time], 1);
+            temb = temb + embedding.forward(input);
+        }
+        (Some(_), None) => {
+            return Err(AvatarError::invalid(
+                "added_cond",
+                "this model (text_time) needs text_embeds and time_ids",
+            ));
+        }
+        _ => {}
+    }
+    Ok(temb)
+}
+
+/// Runs the down blocks from the stem's output `x`: (their output, every skip connection with
+/// `x` first).
+pub(crate) fn down_pass(
+    blocks: &[UNetBlock],
+    mut x: Tensor<4>,
+    temb: &Tensor<2>,
+    context: &Tensor<3>,
+    injection: &AttentionInjection,
+) -> (Tensor<4>, Vec<Tensor<4>>) {
+    let mut skips = vec![x.clone()];
+    for block in blocks {
+        for (j, resnet) in block.resnets.iter().enumerate() {
+            x = resnet.forward(x, Some(temb.clone()));
+            if let Some(attention) = block.attentions.get(j) {
+                x = attention.forward(x, context.clone(), injection);
+            }
+            skips.push(x.clone());
+        }
+        for down in &block.downsamplers {
+            x = down.forward(x);
+            skips.push(x.clone());
+        }
+    }
+    (x, skips)
+}
+
+/// Runs `UNetMidBlock2DCrossAttn`.
+pub(crate) fn mid_pass(
+    mid: &UNetBlock,
+    x: Tensor<4>,
+    temb: &Tensor<2>,
+    context: &Tensor<3>,
+    injection: &AttentionInjection,
+) -> Tensor<4> {
+    let x = mid.resnets[0].forward(x, Some(temb.clone()));
+    let x = mid.attentions[0].forward(x, context.clone(), injection);
+    mid.resnets[1].forward(x, Some(temb.clone()))
 }
 
 /// One attention layer of the UNet as an adapter sees it.
@@ -381,7 +502,7 @@ impl UNet2DConditionModel {
     }
 
     /// diffusers' GEGLU paths (`ff.net.0.proj`, `ff.net.2`) onto ours.
-    fn key_map() -> KeyMap {
+    pub(crate) fn key_map() -> KeyMap {
         KeyMap::default()
             .remap(r"\.ff\.net\.0\.proj\.", ".ff.proj_in.")
             .remap(r"\.ff\.net\.2\.", ".ff.proj_out.")
@@ -479,52 +600,20 @@ impl UNet2DConditionModel {
                 format!("{h}x{w} latents are not divisible by {}", 1 << levels),
             ));
         }
-        let features = timestep_features(
+        let temb = embed_time(
+            &self.time_embedding,
+            self.add_embedding.as_ref(),
+            TimeShape {
+                time_features: self.time_features,
+                freq_shift: self.freq_shift,
+                add_time_features: self.add_time_features,
+            },
             timesteps,
-            self.time_features,
-            self.freq_shift as f32,
+            added,
             &device,
-        );
-        let mut temb = self.time_embedding.forward(features);
-        match (&self.add_embedding, added) {
-            (Some(embedding), Some(added)) => {
-                let ids = added
-                    .time_ids
-                    .clone()
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .map_err(|e| AvatarError::Backend(format!("{e:?}")))?;
-                let time = timestep_features(&ids, self.add_time_features, 0.0, &device)
-                    .reshape([b, ids.len() / b * self.add_time_features]);
-                let input = Tensor::cat(vec![added.text_embeds.clone(), time], 1);
-                temb = temb + embedding.forward(input);
-            }
-            (Some(_), None) => {
-                return Err(AvatarError::invalid(
-                    "added_cond",
-                    "this UNet (text_time) needs text_embeds and time_ids",
-                ));
-            }
-            _ => {}
-        }
-
-        let mut x = self.conv_in.forward(sample);
-        let mut skips = vec![x.clone()];
-        for block in &self.down_blocks {
-            for (j, resnet) in block.resnets.iter().enumerate() {
-                x = resnet.forward(x, Some(temb.clone()));
-                if let Some(attention) = block.attentions.get(j) {
-                    x = attention.forward(x, context.clone(), injection);
-                }
-                skips.push(x.clone());
-            }
-            for down in &block.downsamplers {
-                x = down.forward(x);
-                skips.push(x.clone());
-            }
-        }
-
+        )?;
+        let x = self.conv_in.forward(sample);
+        let (x, mut skips) = down_pass(&self.down_blocks, x, &temb, &context, injection);
         if let Some(control) = control {
             if control.down.len() != skips.len() {
                 return Err(AvatarError::invalid(
@@ -540,10 +629,7 @@ impl UNet2DConditionModel {
                 *skip = skip.clone() + residual.clone();
             }
         }
-
-        x = self.mid_block.resnets[0].forward(x, Some(temb.clone()));
-        x = self.mid_block.attentions[0].forward(x, context.clone(), injection);
-        x = self.mid_block.resnets[1].forward(x, Some(temb.clone()));
+        let mut x = mid_pass(&self.mid_block, x, &temb, &context, injection);
         if let Some(control) = control {
             x = x + control.mid.clone();
         }
