@@ -28,6 +28,20 @@ export declare class AvatarGenerator {
   generateBatch(options: BatchOptions, onProgress?: ((progress: Progress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
 }
 
+/**
+ * InstantID avatars (seed 002): SDXL with InstantID's face adapter and IdentityNet, and
+ * optional pose / canny ControlNets.
+ */
+export declare class InstantId {
+  /** Loads the models on `device`. */
+  constructor(files: InstantIdFiles, device?: string | undefined | null)
+  /**
+   * Avatars (PNG buffers) of the face, on the libuv pool; `onProgress` after each step;
+   * `signal` cancels between steps.
+   */
+  generate(options: AvatarGenInput, onProgress?: ((progress: Progress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
+}
+
 /** diffusers' Stable Diffusion safety checker (a `safety_checker/` folder). */
 export declare class SafetyChecker {
   /** Loads a diffusers `safety_checker/` folder on `device`. */
@@ -43,8 +57,11 @@ export declare class SafetyChecker {
 
 /** A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder. */
 export declare class StableDiffusion {
-  /** Loads a diffusers folder (`model_index.json`, `unet/`, `vae/`, ...) on `device`. */
-  constructor(model: string, device?: string | undefined | null)
+  /**
+   * Loads a diffusers folder (`model_index.json`, `unet/`, `vae/`, ...) on `device`, with
+   * optional IP-Adapters and ControlNets.
+   */
+  constructor(model: string, device?: string | undefined | null, adapters?: AdapterFiles | undefined | null)
   /** Whether the pipeline is SDXL. */
   get isXl(): boolean
   /**
@@ -77,6 +94,56 @@ export declare class VqganClip {
   generate(options: VqganClipOptions, onProgress?: ((progress: VqganClipProgress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer>
 }
 
+/** Adapters loaded with a Stable Diffusion pipeline. */
+export interface AdapterFiles {
+  /** IP-Adapter files (`.bin` / `.safetensors`). */
+  ipAdapters?: Array<string>
+  /** The CLIP image encoder folder the image adapters need. */
+  imageEncoder?: string
+  /** ControlNet folders. */
+  controlnets?: Array<string>
+}
+
+/** Options of an InstantID request (seed 002's names, camelCase). */
+export interface AvatarGenInput {
+  /** The face photo, encoded. */
+  faceImage: Buffer
+  /** insightface's raw 512-value `embedding` of the face. */
+  faceEmbedding: Array<number>
+  /** insightface's five `kps` (`[x, y]` in the photo's pixels). */
+  faceKeypoints: Array<Array<number>>
+  /** What to draw. */
+  prompt: string
+  /** What to avoid. */
+  negativePrompt?: string
+  /** Width (default 512; at most 512x768 pixels). */
+  width?: number
+  /** Height (default 512). */
+  height?: number
+  /** 21, 31 or 41 (default 21). */
+  numInferenceSteps?: number
+  /** Guidance (1-20, default 7.5). */
+  guidanceScale?: number
+  /** Face structure weight (0-2, default 1). */
+  sScale?: number
+  /** Images (1-2, default 1). */
+  samples?: number
+  /** Seed: an integer or any string. */
+  seed?: number | string
+  /** IdentityNet weight (0-1, default 0.8). */
+  identitynetStrengthRatio?: number
+  /** Face adapter weight (0-1, default 1). */
+  adapterStrengthRatio?: number
+  /** Pose ControlNet weight (0-1, default 0.4). */
+  poseStrength?: number
+  /** Canny ControlNet weight (0-1, default 0.3). */
+  cannyStrength?: number
+  /** `pose`, `canny` (default `["pose"]`). */
+  controlnetSelection?: Array<string>
+  /** A ready OpenPose skeleton image, encoded. */
+  poseImage?: Buffer
+}
+
 /** Options of a batch: `n` random avatars or one per seed in `seeds`. */
 export interface BatchOptions {
   /** How many avatars (random seeds); ignored when `seeds` is given. */
@@ -91,6 +158,20 @@ export interface BatchOptions {
   outputSize?: number
   /** See `GenerateOptions.format`. */
   format?: string
+}
+
+/** A ControlNet's input. */
+export interface ControlNetInput {
+  /** Index of the ControlNet in the constructor's `controlnets` (default: this entry's index). */
+  net?: number
+  /** The conditioning image (pose skeleton, edges, ...), encoded. */
+  image: Buffer
+  /** Conditioning scale (0-2, default 1). */
+  scale?: number
+  /** Fraction of the steps after which it starts (default 0). */
+  guidanceStart?: number
+  /** Fraction of the steps after which it stops (default 1). */
+  guidanceEnd?: number
 }
 
 /** Options of `StableDiffusion.faceAvatar` (seed 001's names, camelCase). */
@@ -168,6 +249,33 @@ export interface ImagePrompt {
   stop?: number
 }
 
+/** InstantID's files. */
+export interface InstantIdFiles {
+  /** The SDXL diffusers folder. */
+  model: string
+  /** InstantID's `ip-adapter.bin`. */
+  ipAdapter: string
+  /** The IdentityNet ControlNet folder. */
+  identitynet: string
+  /** An SDXL OpenPose ControlNet folder. */
+  poseControlnet?: string
+  /** An SDXL canny ControlNet folder. */
+  cannyControlnet?: string
+}
+
+/**
+ * An IP-Adapter's input: an image (IP-Adapter, Plus, Full-Face) or a face embedding (FaceID,
+ * InstantID), and its weight.
+ */
+export interface IpAdapterInput {
+  /** An encoded PNG/JPEG/WebP. */
+  image?: Buffer
+  /** insightface's raw `embedding` (FaceID normalises it). */
+  faceEmbedding?: Array<number>
+  /** Weight (0-2, default 1). */
+  scale?: number
+}
+
 /** The MIME type of a format name (`"png"` -> `"image/png"`), for HTTP responses. */
 export declare function mimeType(format?: string | undefined | null): string
 
@@ -203,6 +311,10 @@ export interface TextToImageOptions {
   image?: Buffer
   /** Image-to-image: how much of `image` to replace (default 0.75). */
   strength?: number
+  /** One input per loaded IP-Adapter, in loading order (omit: adapters off). */
+  ipAdapter?: Array<IpAdapterInput>
+  /** Conditioning images for the loaded ControlNets. */
+  controlnet?: Array<ControlNetInput>
 }
 
 /** Options of a VQGAN+CLIP run (the core's names, camelCase). */

@@ -147,6 +147,35 @@ pub struct Config {
     /// What replaces a flagged image: black, blur, pixelate or sensitive_content_text.
     #[arg(long, env = "AVATAR_SAFETY_CHECKER_TYPE", default_value = "black", value_parser = parse_obfuscation)]
     pub safety_checker_type: avatar_core::diffusion::safety_checker::Obfuscation,
+    /// An IP-Adapter file (`.bin` / `.safetensors`) for the `default` model: seed 003's
+    /// `reference_image` then keeps the character through the adapter instead of image-to-image.
+    #[arg(long, env = "AVATAR_SD_IP_ADAPTER")]
+    pub sd_ip_adapter: Option<PathBuf>,
+    /// The CLIP image encoder folder (`CLIPVisionModelWithProjection`) the IP-Adapter needs.
+    #[arg(long, env = "AVATAR_SD_IMAGE_ENCODER")]
+    pub sd_image_encoder: Option<PathBuf>,
+    /// Weight of the reference image through the IP-Adapter (0-2).
+    #[arg(long, env = "AVATAR_SD_IP_ADAPTER_SCALE", default_value_t = 0.6)]
+    pub sd_ip_adapter_scale: f32,
+    /// Seed 002 (`/api/v6/image_editing/avatar_gen`, InstantID): an SDXL diffusers folder.
+    #[arg(long, env = "AVATAR_INSTANTID_MODEL")]
+    pub instantid_model: Option<PathBuf>,
+    /// InstantID's face adapter (`ip-adapter.bin`).
+    #[arg(long, env = "AVATAR_INSTANTID_ADAPTER")]
+    pub instantid_adapter: Option<PathBuf>,
+    /// InstantID's IdentityNet ControlNet folder.
+    #[arg(long, env = "AVATAR_INSTANTID_IDENTITYNET")]
+    pub instantid_identitynet: Option<PathBuf>,
+    /// An SDXL OpenPose ControlNet folder (`controlnet_selection: pose`).
+    #[arg(long, env = "AVATAR_INSTANTID_POSE")]
+    pub instantid_pose: Option<PathBuf>,
+    /// An SDXL canny ControlNet folder (`controlnet_selection: canny`).
+    #[arg(long, env = "AVATAR_INSTANTID_CANNY")]
+    pub instantid_canny: Option<PathBuf>,
+    /// Seconds an `avatar_gen` request waits for its images before answering `processing`
+    /// with a fetch URL (0: answer at once).
+    #[arg(long, env = "AVATAR_AVATAR_GEN_WAIT_SECS", default_value_t = 30)]
+    pub avatar_gen_wait_secs: u64,
     /// Where seed 003's numbered images are kept (default: `<data dir>/gallery`).
     #[arg(long, env = "AVATAR_GALLERY_DIR")]
     pub gallery_dir: Option<PathBuf>,
@@ -251,6 +280,42 @@ impl Config {
         }
     }
 
+    /// InstantID's files, when `--instantid-model` is given (its adapter and IdentityNet are then
+    /// required).
+    pub fn instantid_paths(&self) -> Result<Option<InstantIdPaths>, String> {
+        let Some(model) = self.instantid_model.clone() else {
+            if self.instantid_adapter.is_some() || self.instantid_identitynet.is_some() {
+                return Err(
+                    "--instantid-adapter/--instantid-identitynet need --instantid-model".into(),
+                );
+            }
+            return Ok(None);
+        };
+        let missing = |flag: &str| format!("--instantid-model needs {flag}");
+        Ok(Some(InstantIdPaths {
+            model,
+            adapter: self
+                .instantid_adapter
+                .clone()
+                .ok_or_else(|| missing("--instantid-adapter"))?,
+            identitynet: self
+                .instantid_identitynet
+                .clone()
+                .ok_or_else(|| missing("--instantid-identitynet"))?,
+            pose: self.instantid_pose.clone(),
+            canny: self.instantid_canny.clone(),
+        }))
+    }
+
+    /// The `default` model's IP-Adapter, when `--sd-ip-adapter` is given.
+    pub fn ip_adapter_paths(&self) -> Option<IpAdapterPaths> {
+        Some(IpAdapterPaths {
+            adapter: self.sd_ip_adapter.clone()?,
+            image_encoder: self.sd_image_encoder.clone(),
+            scale: self.sd_ip_adapter_scale,
+        })
+    }
+
     /// Every configured Stable Diffusion model as `(app_id, folder)`.
     pub fn diffusion_apps(&self) -> Result<Vec<(String, PathBuf)>, String> {
         let mut apps = Vec::new();
@@ -278,6 +343,7 @@ impl Config {
             steps: self.sd_steps,
             guidance_scale: self.sd_guidance_scale,
             reference_strength: self.sd_reference_strength,
+            ip_adapter_scale: self.sd_ip_adapter_scale,
             queue_capacity: self.sd_queue_capacity,
         }
     }
@@ -349,4 +415,30 @@ mod tests {
         let opted_out = Config::parse_from(["avatar-http", "--host", "0.0.0.0", "--no-auth"]);
         assert!(opted_out.check().is_ok() && !opted_out.auth_required());
     }
+}
+
+/// InstantID's files (seed 002).
+#[derive(Debug, Clone)]
+pub struct InstantIdPaths {
+    /// The SDXL diffusers folder.
+    pub model: PathBuf,
+    /// `ip-adapter.bin`.
+    pub adapter: PathBuf,
+    /// The IdentityNet ControlNet folder.
+    pub identitynet: PathBuf,
+    /// The pose ControlNet folder.
+    pub pose: Option<PathBuf>,
+    /// The canny ControlNet folder.
+    pub canny: Option<PathBuf>,
+}
+
+/// The `default` model's IP-Adapter (seed 003's reference images).
+#[derive(Debug, Clone)]
+pub struct IpAdapterPaths {
+    /// The adapter file.
+    pub adapter: PathBuf,
+    /// Its CLIP image encoder folder.
+    pub image_encoder: Option<PathBuf>,
+    /// The reference's weight.
+    pub scale: f32,
 }

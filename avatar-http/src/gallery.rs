@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use avatar_core::AvatarError;
+use avatar_core::diffusion::ip_adapter::IpAdapterPrompt;
 use avatar_core::diffusion::pipeline::{StableDiffusion, TextToImageOptions};
 use avatar_core::diffusion::safety_checker::SafetyFilter;
 use avatar_core::imaging::{ImageFormat, encode};
@@ -96,8 +97,10 @@ pub struct TextToImageDefaults {
     pub steps: usize,
     /// Classifier-free guidance.
     pub guidance_scale: f64,
-    /// How much of a reference image is redrawn (0: kept, 1: replaced).
+    /// How much of a reference image is redrawn (0: kept, 1: replaced), without an IP-Adapter.
     pub reference_strength: f64,
+    /// Weight of a reference image through the model's IP-Adapter, when one is loaded.
+    pub ip_adapter_scale: f32,
     /// Requests allowed to wait while one image is drawn.
     pub queue_capacity: usize,
 }
@@ -194,6 +197,7 @@ impl TextToImageService {
         }
         let cancelled = Arc::new(AtomicBool::new(false));
         let _guard = CancelOnDrop(cancelled.clone());
+        let ip_scale = self.defaults.ip_adapter_scale;
         let (pipeline, gallery, drawing, safety) = (
             self.pipeline.clone(),
             self.gallery.clone(),
@@ -207,11 +211,24 @@ impl TextToImageService {
                 return Err(SceneError::Core(AvatarError::Cancelled));
             }
             let go_on = |_| !cancelled.load(Ordering::Relaxed);
-            let images = match &request.reference {
-                Some((image, strength)) => {
+            // With an image IP-Adapter the reference keeps the character through the adapter
+            // (a new composition); without one, through image-to-image.
+            let adapter = pipeline
+                .ip_adapters()
+                .first()
+                .filter(|a| a.needs_image_encoder() && pipeline.ip_adapters().len() == 1);
+            let images = match (&request.reference, adapter) {
+                (Some((image, _)), Some(_)) => {
+                    let options = TextToImageOptions {
+                        ip_adapter: vec![IpAdapterPrompt::image(image.clone(), ip_scale)],
+                        ..request.options.clone()
+                    };
+                    pipeline.text_to_image(&options, go_on)?
+                }
+                (Some((image, strength)), None) => {
                     pipeline.image_to_image(image, *strength, &request.options, go_on)?
                 }
-                None => pipeline.text_to_image(&request.options, go_on)?,
+                (None, _) => pipeline.text_to_image(&request.options, go_on)?,
             };
             let (mut images, flagged) = match &safety {
                 Some(filter) => filter.filter(images, None)?,

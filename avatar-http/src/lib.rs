@@ -101,6 +101,11 @@ pub fn router(app: AppState) -> Router {
             get(routes::face_avatar::task_status),
         )
         .route("/models", get(routes::face_avatar::models))
+        .route("/api/v6/images/fetch/{id}", post(routes::avatar_gen::fetch))
+        .route(
+            "/api/v6/image_editing/fetch/{id}",
+            post(routes::avatar_gen::fetch),
+        )
         .route_layer(axum::middleware::from_fn_with_state(auth, auth::require));
     let image_bodies = Router::new()
         .route("/textimg2img", post(routes::vqgan::textimg2img))
@@ -116,6 +121,10 @@ pub fn router(app: AppState) -> Router {
         .route(
             "/getImageToImage",
             post(routes::face_avatar::get_image_to_image),
+        )
+        .route(
+            "/api/v6/image_editing/avatar_gen",
+            post(routes::avatar_gen::avatar_gen),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             image_auth,
@@ -255,13 +264,17 @@ impl Server {
             },
         );
         let diffusion = {
-            let (apps, device) = (config.diffusion_apps()?, config.device);
-            let safety = config.safety_checker.clone();
-            let how = config.safety_checker_type;
-            tokio::task::spawn_blocking(move || {
-                DiffusionApps::load(&apps, safety.as_deref().map(|dir| (dir, how)), device)
-            })
-            .await??
+            let setup = face_avatar::DiffusionSetup {
+                apps: config.diffusion_apps()?,
+                safety: config
+                    .safety_checker
+                    .clone()
+                    .map(|dir| (dir, config.safety_checker_type)),
+                ip_adapter: config.ip_adapter_paths(),
+                instant_id: config.instantid_paths()?,
+            };
+            let device = config.device;
+            tokio::task::spawn_blocking(move || DiffusionApps::load(&setup, device)).await??
         };
         let scenes = match diffusion.get("default") {
             Some(pipeline) => {
@@ -292,6 +305,10 @@ impl Server {
             .await??;
             tasks.register_restorer(face_avatar::KIND, &lane, |spec| {
                 FaceAvatarJob::from_spec(spec)
+                    .map(|job| Box::new(job) as Box<dyn Job<DiffusionApps>>)
+            });
+            tasks.register_restorer(crate::tasks::avatar_gen::KIND, &lane, |spec| {
+                crate::tasks::avatar_gen::AvatarGenJob::from_spec(spec)
                     .map(|job| Box::new(job) as Box<dyn Job<DiffusionApps>>)
             });
             tracing::info!(apps = ?diffusion.ids(), "face avatars ready");

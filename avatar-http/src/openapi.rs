@@ -41,6 +41,8 @@ use crate::routes;
         routes::face_avatar::get_image_to_image,
         routes::face_avatar::task_status,
         routes::face_avatar::models,
+        routes::avatar_gen::avatar_gen,
+        routes::avatar_gen::fetch,
     ),
     components(schemas(
         crate::error::ErrorBody,
@@ -62,6 +64,7 @@ use crate::routes;
         (name = "tasks", description = "Long-running work: queue, poll, cancel, download, webhooks"),
         (name = "service", description = "Health and metrics"),
         (name = "face-avatar", description = "Seed 001: face avatars from a reference photo, waited for or queued (`celery`)"),
+        (name = "avatar-gen", description = "Seed 002: InstantID avatars of a face (ModelsLab's avatar_gen), answered at once or fetched later"),
         (name = "images", description = "Seed 003: Stable Diffusion images by prompt, numbered so that a later request can keep a character (`reference_image`)"),
         (name = "vqgan-clip", description = "Seed 004: VQGAN+CLIP runs with a progress bar and progress images"),
     )

@@ -83,30 +83,37 @@ pub struct AvatarGenerator {
     inner: Arc<CoreGenerator>,
 }
 
-/// The camelCase name of a core option, as JS callers wrote it.
-fn js_field(field: &str) -> &str {
+/// The name of a core option as JS callers wrote it (camelCase, or the nested option).
+fn js_field(field: &str) -> String {
     match field {
-        "bg_color" => "bgColor",
-        "output_size" => "outputSize",
-        "init_image" => "initImage",
-        "init_weight" => "initWeight",
-        "step_size" => "stepSize",
-        "cut_pow" => "cutPow",
-        "display_every" => "displayEvery",
-        "image_prompts" => "imagePrompts",
-        "prompts" => "prompt",
-        "num_inference_steps" => "numInferenceSteps",
-        "guidance_scale" => "guidanceScale",
-        "remove_background" => "removeBackground",
-        "safety_checker_type" => "how",
-        other => other,
+        "prompts" => "prompt".into(),
+        "safety_checker_type" => "how".into(),
+        "ip_adapter_scale" => "ipAdapter.scale".into(),
+        "ip_adapter_image" => "ipAdapter.image".into(),
+        "controlnet_conditioning_scale" => "controlnet.scale".into(),
+        "control_guidance" => "controlnet.guidanceStart".into(),
+        other => {
+            let mut out = String::with_capacity(other.len());
+            let mut upper = false;
+            for c in other.chars() {
+                if c == '_' {
+                    upper = true;
+                } else if upper {
+                    out.extend(c.to_uppercase());
+                    upper = false;
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
     }
 }
 
 /// A JS `Error` with `code` (and `field` for bad options) for a core error.
 fn throwable(env: &Env, error: &AvatarError) -> napi::Error {
     let message = match error.field() {
-        Some(field) => error.to_string().replacen(field, js_field(field), 1),
+        Some(field) => error.to_string().replacen(field, &js_field(field), 1),
         None => error.to_string(),
     };
     let js = JsError::from(napi::Error::new(error.code(), message));
@@ -115,7 +122,7 @@ fn throwable(env: &Env, error: &AvatarError) -> napi::Error {
     if let Some(field) = error.field() {
         // SAFETY: `value` was just created in `env` and is an object.
         let mut object = Object::from_raw(env.raw(), value);
-        let _ = object.set_named_property("field", js_field(field));
+        let _ = object.set_named_property("field", js_field(field).as_str());
     }
     // SAFETY: `value` is a live JS value of `env`.
     napi::Error::from(unsafe { Unknown::from_raw_unchecked(env.raw(), value) })
@@ -421,6 +428,91 @@ pub struct TextToImageOptions {
     pub image: Option<Buffer>,
     /// Image-to-image: how much of `image` to replace (default 0.75).
     pub strength: Option<f64>,
+    /// One input per loaded IP-Adapter, in loading order (omit: adapters off).
+    pub ip_adapter: Option<Vec<IpAdapterInput>>,
+    /// Conditioning images for the loaded ControlNets.
+    pub controlnet: Option<Vec<ControlNetInput>>,
+}
+
+/// An IP-Adapter's input: an image (IP-Adapter, Plus, Full-Face) or a face embedding (FaceID,
+/// InstantID), and its weight.
+#[napi(object)]
+pub struct IpAdapterInput {
+    /// An encoded PNG/JPEG/WebP.
+    pub image: Option<Buffer>,
+    /// insightface's raw `embedding` (FaceID normalises it).
+    pub face_embedding: Option<Vec<f64>>,
+    /// Weight (0-2, default 1).
+    pub scale: Option<f64>,
+}
+
+/// A ControlNet's input.
+#[napi(object)]
+pub struct ControlNetInput {
+    /// Index of the ControlNet in the constructor's `controlnets` (default: this entry's index).
+    pub net: Option<u32>,
+    /// The conditioning image (pose skeleton, edges, ...), encoded.
+    pub image: Buffer,
+    /// Conditioning scale (0-2, default 1).
+    pub scale: Option<f64>,
+    /// Fraction of the steps after which it starts (default 0).
+    pub guidance_start: Option<f64>,
+    /// Fraction of the steps after which it stops (default 1).
+    pub guidance_end: Option<f64>,
+}
+
+/// Adapters loaded with a Stable Diffusion pipeline.
+#[napi(object)]
+#[derive(Default)]
+pub struct AdapterFiles {
+    /// IP-Adapter files (`.bin` / `.safetensors`).
+    pub ip_adapters: Option<Vec<String>>,
+    /// The CLIP image encoder folder the image adapters need.
+    pub image_encoder: Option<String>,
+    /// ControlNet folders.
+    pub controlnets: Option<Vec<String>>,
+}
+
+fn adapter_prompts(
+    inputs: &[IpAdapterInput],
+) -> Result<Vec<avatar_core::diffusion::ip_adapter::IpAdapterPrompt>, AvatarError> {
+    inputs
+        .iter()
+        .map(|input| {
+            Ok(avatar_core::diffusion::ip_adapter::IpAdapterPrompt {
+                image: input
+                    .image
+                    .as_ref()
+                    .map(|bytes| decode_image("ipAdapter.image", bytes))
+                    .transpose()?,
+                face_embedding: input
+                    .face_embedding
+                    .as_ref()
+                    .map(|v| v.iter().map(|&x| x as f32).collect()),
+                scale: input.scale.unwrap_or(1.0) as f32,
+            })
+        })
+        .collect()
+}
+
+fn control_prompts(
+    inputs: &[ControlNetInput],
+) -> Result<Vec<avatar_core::diffusion::pipeline::ControlNetPrompt>, AvatarError> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            Ok(avatar_core::diffusion::pipeline::ControlNetPrompt {
+                guidance_start: input.guidance_start.unwrap_or(0.0),
+                guidance_end: input.guidance_end.unwrap_or(1.0),
+                ..avatar_core::diffusion::pipeline::ControlNetPrompt::new(
+                    input.net.map_or(i, |n| n as usize),
+                    decode_image("controlnet.image", &input.image)?,
+                    input.scale.unwrap_or(1.0) as f32,
+                )
+            })
+        })
+        .collect()
 }
 
 /// A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder.
@@ -431,12 +523,26 @@ pub struct StableDiffusion {
 
 /// What a [`DiffusionTask`] draws.
 enum DiffusionWork {
+    /// Seed 002's InstantID avatars.
+    Avatar(
+        Arc<avatar_core::diffusion::avatar_gen::InstantId>,
+        Box<(
+            avatar_core::diffusion::avatar_gen::FaceReference,
+            Option<image::RgbaImage>,
+            avatar_core::diffusion::avatar_gen::AvatarGenOptions,
+        )>,
+    ),
     /// From the prompt alone.
-    Text,
+    Text(Arc<avatar_core::diffusion::pipeline::StableDiffusion>),
     /// From an image, at a strength.
-    Image(image::RgbaImage, f64),
+    Image(
+        Arc<avatar_core::diffusion::pipeline::StableDiffusion>,
+        image::RgbaImage,
+        f64,
+    ),
     /// Seed 001's face avatars from a reference photo.
     Face(
+        Arc<avatar_core::diffusion::pipeline::StableDiffusion>,
         image::RgbaImage,
         Box<avatar_core::diffusion::face_avatar::FaceAvatarOptions>,
     ),
@@ -444,7 +550,6 @@ enum DiffusionWork {
 
 /// Stable Diffusion work on the libuv pool.
 pub struct DiffusionTask {
-    pipeline: Arc<avatar_core::diffusion::pipeline::StableDiffusion>,
     options: avatar_core::diffusion::pipeline::TextToImageOptions,
     work: DiffusionWork,
     cancelled: Arc<AtomicBool>,
@@ -467,19 +572,19 @@ impl Task for DiffusionTask {
             !self.cancelled.load(Ordering::Relaxed)
         };
         let images = match &self.work {
-            DiffusionWork::Image(image, strength) => {
-                self.pipeline
-                    .image_to_image(image, *strength, &self.options, report)
+            DiffusionWork::Image(pipeline, image, strength) => {
+                pipeline.image_to_image(image, *strength, &self.options, report)
             }
-            DiffusionWork::Face(image, options) => {
-                avatar_core::diffusion::face_avatar::face_avatars(
-                    &self.pipeline,
-                    image,
-                    options,
-                    report,
-                )
+            DiffusionWork::Face(pipeline, image, options) => {
+                avatar_core::diffusion::face_avatar::face_avatars(pipeline, image, options, report)
             }
-            DiffusionWork::Text => self.pipeline.text_to_image(&self.options, report),
+            DiffusionWork::Text(pipeline) => pipeline.text_to_image(&self.options, report),
+            DiffusionWork::Avatar(model, work) => {
+                let (face, pose, options) = &**work;
+                model
+                    .generate(face, pose.as_ref(), options, report)
+                    .map(|out| out.images)
+            }
         };
         Ok(images.and_then(|images| {
             images
@@ -502,15 +607,33 @@ impl Task for DiffusionTask {
 
 #[napi]
 impl StableDiffusion {
-    /// Loads a diffusers folder (`model_index.json`, `unet/`, `vae/`, ...) on `device`.
+    /// Loads a diffusers folder (`model_index.json`, `unet/`, `vae/`, ...) on `device`, with
+    /// optional IP-Adapters and ControlNets.
     #[napi(constructor)]
-    pub fn new(env: Env, model: String, device: Option<String>) -> napi::Result<Self> {
+    pub fn new(
+        env: Env,
+        model: String,
+        device: Option<String>,
+        adapters: Option<AdapterFiles>,
+    ) -> napi::Result<Self> {
         let load = || -> Result<_, AvatarError> {
             let spec: DeviceSpec = device.as_deref().unwrap_or("cpu").parse()?;
-            avatar_core::diffusion::pipeline::StableDiffusion::load(
+            let mut pipeline = avatar_core::diffusion::pipeline::StableDiffusion::load(
                 std::path::Path::new(&model),
                 &spec.device()?,
-            )
+            )?;
+            let adapters = adapters.unwrap_or_default();
+            for (i, file) in adapters.ip_adapters.iter().flatten().enumerate() {
+                let encoder = adapters.image_encoder.as_deref().filter(|_| i == 0);
+                pipeline.load_ip_adapter(
+                    std::path::Path::new(file),
+                    encoder.map(std::path::Path::new),
+                )?;
+            }
+            for dir in adapters.controlnets.iter().flatten() {
+                pipeline.load_controlnet(std::path::Path::new(dir))?;
+            }
+            Ok(pipeline)
         };
         let inner = load().map_err(|e| sync_error(&env, e))?;
         Ok(StableDiffusion {
@@ -555,17 +678,20 @@ impl StableDiffusion {
                 num_images: options.num_images.unwrap_or(1) as usize,
                 seed: options.seed.as_ref().map(parse_seed).transpose()?,
                 scheduler: options.scheduler.clone(),
+                ip_adapter: adapter_prompts(options.ip_adapter.as_deref().unwrap_or_default())?,
+                controlnet: control_prompts(options.controlnet.as_deref().unwrap_or_default())?,
                 ..Default::default()
             };
             Ok((core, image))
         })()
         .map_err(|e| sync_error(&env, e))?;
         let task = DiffusionTask {
-            pipeline: self.inner.clone(),
             options: core.0,
             work: match core.1 {
-                Some((image, strength)) => DiffusionWork::Image(image, strength),
-                None => DiffusionWork::Text,
+                Some((image, strength)) => {
+                    DiffusionWork::Image(self.inner.clone(), image, strength)
+                }
+                None => DiffusionWork::Text(self.inner.clone()),
             },
             cancelled: Arc::default(),
             progress: on_progress,
@@ -612,9 +738,179 @@ impl StableDiffusion {
         })()
         .map_err(|e| sync_error(&env, e))?;
         let task = DiffusionTask {
-            pipeline: self.inner.clone(),
             options: Default::default(),
-            work: DiffusionWork::Face(core.0, Box::new(core.1)),
+            work: DiffusionWork::Face(self.inner.clone(), core.0, Box::new(core.1)),
+            cancelled: Arc::default(),
+            progress: on_progress,
+        };
+        spawn(&env, task, signal)
+    }
+}
+
+/// Options of an InstantID request (seed 002's names, camelCase).
+#[napi(object)]
+pub struct AvatarGenInput {
+    /// The face photo, encoded.
+    pub face_image: Buffer,
+    /// insightface's raw 512-value `embedding` of the face.
+    pub face_embedding: Vec<f64>,
+    /// insightface's five `kps` (`[x, y]` in the photo's pixels).
+    pub face_keypoints: Vec<Vec<f64>>,
+    /// What to draw.
+    pub prompt: String,
+    /// What to avoid.
+    pub negative_prompt: Option<String>,
+    /// Width (default 512; at most 512x768 pixels).
+    pub width: Option<u32>,
+    /// Height (default 512).
+    pub height: Option<u32>,
+    /// 21, 31 or 41 (default 21).
+    pub num_inference_steps: Option<u32>,
+    /// Guidance (1-20, default 7.5).
+    pub guidance_scale: Option<f64>,
+    /// Face structure weight (0-2, default 1).
+    pub s_scale: Option<f64>,
+    /// Images (1-2, default 1).
+    pub samples: Option<u32>,
+    /// Seed: an integer or any string.
+    pub seed: Option<Either<f64, String>>,
+    /// IdentityNet weight (0-1, default 0.8).
+    pub identitynet_strength_ratio: Option<f64>,
+    /// Face adapter weight (0-1, default 1).
+    pub adapter_strength_ratio: Option<f64>,
+    /// Pose ControlNet weight (0-1, default 0.4).
+    pub pose_strength: Option<f64>,
+    /// Canny ControlNet weight (0-1, default 0.3).
+    pub canny_strength: Option<f64>,
+    /// `pose`, `canny` (default `["pose"]`).
+    pub controlnet_selection: Option<Vec<String>>,
+    /// A ready OpenPose skeleton image, encoded.
+    pub pose_image: Option<Buffer>,
+}
+
+/// InstantID avatars (seed 002): SDXL with InstantID's face adapter and IdentityNet, and
+/// optional pose / canny ControlNets.
+#[napi]
+pub struct InstantId {
+    inner: Arc<avatar_core::diffusion::avatar_gen::InstantId>,
+}
+
+/// InstantID's files.
+#[napi(object)]
+pub struct InstantIdFiles {
+    /// The SDXL diffusers folder.
+    pub model: String,
+    /// InstantID's `ip-adapter.bin`.
+    pub ip_adapter: String,
+    /// The IdentityNet ControlNet folder.
+    pub identitynet: String,
+    /// An SDXL OpenPose ControlNet folder.
+    pub pose_controlnet: Option<String>,
+    /// An SDXL canny ControlNet folder.
+    pub canny_controlnet: Option<String>,
+}
+
+#[napi]
+impl InstantId {
+    /// Loads the models on `device`.
+    #[napi(constructor)]
+    pub fn new(env: Env, files: InstantIdFiles, device: Option<String>) -> napi::Result<Self> {
+        let load = || -> Result<_, AvatarError> {
+            let spec: DeviceSpec = device.as_deref().unwrap_or("cpu").parse()?;
+            let base = avatar_core::diffusion::pipeline::StableDiffusion::load(
+                std::path::Path::new(&files.model),
+                &spec.device()?,
+            )?;
+            avatar_core::diffusion::avatar_gen::InstantId::new(
+                base,
+                std::path::Path::new(&files.ip_adapter),
+                std::path::Path::new(&files.identitynet),
+                files.pose_controlnet.as_deref().map(std::path::Path::new),
+                files.canny_controlnet.as_deref().map(std::path::Path::new),
+            )
+        };
+        let inner = load().map_err(|e| sync_error(&env, e))?;
+        Ok(InstantId {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Avatars (PNG buffers) of the face, on the libuv pool; `onProgress` after each step;
+    /// `signal` cancels between steps.
+    #[napi(ts_return_type = "Promise<Buffer[]>")]
+    pub fn generate(
+        &self,
+        env: Env,
+        options: AvatarGenInput,
+        #[napi(ts_arg_type = "((progress: Progress) => void) | undefined | null")]
+        on_progress: Option<ThreadsafeFunction<Progress, (), Progress, Status, false>>,
+        #[napi(ts_arg_type = "AbortSignal | undefined | null")] signal: Option<Object>,
+    ) -> napi::Result<AsyncTask<DiffusionTask>> {
+        use avatar_core::diffusion::avatar_gen::{AvatarGenOptions, FaceReference};
+        let work = (|| -> Result<_, AvatarError> {
+            let keypoints = options
+                .face_keypoints
+                .iter()
+                .map(|p| match p.as_slice() {
+                    [x, y] => Ok((*x as f32, *y as f32)),
+                    _ => Err(AvatarError::invalid(
+                        "face_keypoints",
+                        "each keypoint must be [x, y]",
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let face = FaceReference {
+                image: decode_image("faceImage", &options.face_image)?,
+                embedding: options.face_embedding.iter().map(|&x| x as f32).collect(),
+                keypoints,
+            };
+            let pose = options
+                .pose_image
+                .as_ref()
+                .map(|bytes| decode_image("poseImage", bytes))
+                .transpose()?;
+            let d = AvatarGenOptions::default();
+            let ratio = |v: Option<f64>, default: f32| v.map_or(default, |v| v as f32);
+            let core = AvatarGenOptions {
+                prompt: options.prompt.clone(),
+                negative_prompt: options.negative_prompt.clone().unwrap_or_default(),
+                width: options.width.unwrap_or(d.width),
+                height: options.height.unwrap_or(d.height),
+                num_inference_steps: options
+                    .num_inference_steps
+                    .map_or(d.num_inference_steps, |n| n as usize),
+                guidance_scale: options.guidance_scale.unwrap_or(d.guidance_scale),
+                s_scale: ratio(options.s_scale, d.s_scale),
+                samples: options.samples.map_or(d.samples, |n| n as usize),
+                seed: match &options.seed {
+                    Some(seed) => parse_seed(seed)?.value(),
+                    None => Seed::random().value(),
+                },
+                identitynet_strength_ratio: ratio(
+                    options.identitynet_strength_ratio,
+                    d.identitynet_strength_ratio,
+                ),
+                adapter_strength_ratio: ratio(
+                    options.adapter_strength_ratio,
+                    d.adapter_strength_ratio,
+                ),
+                pose_strength: ratio(options.pose_strength, d.pose_strength),
+                canny_strength: ratio(options.canny_strength, d.canny_strength),
+                controlnet_selection: match &options.controlnet_selection {
+                    Some(names) => names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?,
+                    None => d.controlnet_selection,
+                },
+            };
+            core.validate()?;
+            Ok(DiffusionWork::Avatar(
+                self.inner.clone(),
+                Box::new((face, pose, core)),
+            ))
+        })()
+        .map_err(|e| sync_error(&env, e))?;
+        let task = DiffusionTask {
+            options: Default::default(),
+            work,
             cancelled: Arc::default(),
             progress: on_progress,
         };

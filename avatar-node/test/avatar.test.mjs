@@ -194,3 +194,56 @@ test('SafetyChecker checks encoded images and obfuscates them', async () => {
   assert.throws(() => checker.check([Buffer.from('x')]), (e) => e.field === 'images');
   assert.throws(() => new avatar.SafetyChecker('/nonexistent'), (e) => e.code === 'ERR_IO');
 });
+
+test('StableDiffusion takes IP-Adapters and ControlNets; InstantId draws seed 002 avatars', async () => {
+  const fixtures = new URL('../../avatar-core/tests/fixtures/', import.meta.url).pathname;
+  const fs = await import('node:fs');
+  const pipe = new avatar.StableDiffusion(`${fixtures}diffusion/sd15_tiny`, 'cpu', {
+    ipAdapters: [`${fixtures}ip_adapter/ip_adapter.safetensors`],
+    imageEncoder: `${fixtures}ip_adapter/image_encoder`,
+    controlnets: [`${fixtures}controlnet/sd15_controlnet_0`],
+  });
+  const reference = fs.readFileSync(`${fixtures}ip_adapter/reference.png`);
+  const control = fs.readFileSync(`${fixtures}controlnet/control_0.png`);
+  const common = { prompt: 'a portrait', numInferenceSteps: 2, width: 16, height: 16, seed: 3 };
+  const [plain] = await pipe.textToImage(common);
+  const [steered] = await pipe.textToImage({
+    ...common,
+    ipAdapter: [{ image: reference, scale: 0.7 }],
+    controlnet: [{ image: control, scale: 0.8 }],
+  });
+  assert.ok(!plain.equals(steered), 'the adapters change the image');
+  await assert.rejects(
+    pipe.textToImage({ ...common, controlnet: [{ image: control, scale: 9 }] }),
+    (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'controlnet.scale',
+  );
+
+  const model = new avatar.InstantId({
+    model: `${fixtures}diffusion/sdxl_tiny`,
+    ipAdapter: `${fixtures}controlnet/instantid_ip_adapter.bin`,
+    identitynet: `${fixtures}controlnet/sdxl_identitynet`,
+    cannyControlnet: `${fixtures}controlnet/sdxl_controlnet`,
+  });
+  const face = {
+    faceImage: reference,
+    faceEmbedding: Array.from({ length: 16 }, (_, i) => Math.sin(i * 0.7) * 3),
+    faceKeypoints: [[10, 12], [22, 12], [16, 18], [11, 24], [21, 24]],
+    prompt: 'pretty woman',
+    width: 64,
+    height: 64,
+    samples: 2,
+    seed: 5,
+    controlnetSelection: ['canny'],
+  };
+  const avatars = await model.generate(face);
+  assert.equal(avatars.length, 2);
+  assert.deepEqual(pngInfo(avatars[0]), { width: 64, height: 64, colorType: 6 });
+  assert.throws(
+    () => model.generate({ ...face, numInferenceSteps: 20 }),
+    (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'numInferenceSteps',
+  );
+  await assert.rejects(
+    model.generate({ ...face, faceKeypoints: [[1, 2]] }),
+    (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'faceKeypoints',
+  );
+});

@@ -362,16 +362,137 @@ fn images_to_pil<'py>(py: Python<'py>, images: Vec<RgbaImage>) -> PyResult<Bound
     Ok(list)
 }
 
+/// `value` as one item per adapter: a list is taken as is, anything else is the one item.
+fn per_adapter<'py>(
+    value: Option<&Bound<'py, PyAny>>,
+    n: usize,
+) -> PyResult<Vec<Option<Bound<'py, PyAny>>>> {
+    match value {
+        None => Ok(vec![None; n]),
+        Some(v) if v.is_instance_of::<PyList>() => {
+            let items: Vec<Bound<'py, PyAny>> = v.extract()?;
+            Ok(items
+                .into_iter()
+                .map(|item| (!item.is_none()).then_some(item))
+                .collect())
+        }
+        Some(v) => Ok(vec![Some(v.clone())]),
+    }
+}
+
+/// A float, or one float per item.
+fn scales(value: Option<&Bound<'_, PyAny>>, n: usize, field: &'static str) -> PyResult<Vec<f32>> {
+    match value {
+        None => Ok(vec![1.0; n]),
+        Some(v) => match v.extract::<f32>() {
+            Ok(one) => Ok(vec![one; n]),
+            Err(_) => v.extract::<Vec<f32>>().map_err(|_| {
+                to_py_err(AvatarError::invalid(
+                    field,
+                    "must be a float or a list of floats",
+                ))
+            }),
+        },
+    }
+}
+
+/// The core's IP-Adapter prompts from Python arguments (empty when no image or embedding is
+/// given: the adapters are off).
+fn ip_adapter_prompts(
+    loaded: usize,
+    images: Option<&Bound<'_, PyAny>>,
+    embeddings: Option<&Bound<'_, PyAny>>,
+    scale: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Vec<avatar_core::diffusion::ip_adapter::IpAdapterPrompt>> {
+    if images.is_none() && embeddings.is_none() {
+        return Ok(Vec::new());
+    }
+    // A flat list of numbers is one embedding, not one per adapter.
+    let embeddings: Vec<Option<Vec<f32>>> = match embeddings {
+        None => vec![None; loaded],
+        Some(v) => match v.extract::<Vec<f32>>() {
+            Ok(one) => vec![Some(one)],
+            Err(_) => v.extract::<Vec<Option<Vec<f32>>>>().map_err(|_| {
+                to_py_err(AvatarError::invalid(
+                    "face_embedding",
+                    "must be a list of floats (or one such list per adapter)",
+                ))
+            })?,
+        },
+    };
+    let images = per_adapter(images, loaded)?;
+    let n = images.len().max(embeddings.len());
+    let scales = scales(scale, n, "ip_adapter_scale")?;
+    (0..n)
+        .map(|i| {
+            Ok(avatar_core::diffusion::ip_adapter::IpAdapterPrompt {
+                image: match images.get(i).cloned().flatten() {
+                    Some(image) => Some(from_pil("ip_adapter_image", &image)?),
+                    None => None,
+                },
+                face_embedding: embeddings.get(i).cloned().flatten(),
+                scale: scales.get(i).copied().unwrap_or(1.0),
+            })
+        })
+        .collect()
+}
+
+/// The core's ControlNet prompts: one control image per loaded ControlNet, in order.
+fn controlnet_prompts(
+    loaded: usize,
+    images: Option<&Bound<'_, PyAny>>,
+    scale: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Vec<avatar_core::diffusion::pipeline::ControlNetPrompt>> {
+    let images = per_adapter(images, 0)?;
+    let scales = scales(
+        scale,
+        images.len().max(loaded),
+        "controlnet_conditioning_scale",
+    )?;
+    images
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, image)| image.map(|image| (i, image)))
+        .map(|(i, image)| {
+            Ok(avatar_core::diffusion::pipeline::ControlNetPrompt::new(
+                i,
+                from_pil("control_image", &image)?,
+                scales.get(i).copied().unwrap_or(1.0),
+            ))
+        })
+        .collect()
+}
+
 #[pymethods]
 impl StableDiffusion {
     #[new]
-    #[pyo3(signature = (model, device = "cpu"))]
-    fn new(py: Python<'_>, model: std::path::PathBuf, device: &str) -> PyResult<Self> {
+    #[pyo3(signature = (model, device = "cpu", ip_adapters = None, image_encoder = None, controlnets = None))]
+    fn new(
+        py: Python<'_>,
+        model: std::path::PathBuf,
+        device: &str,
+        ip_adapters: Option<Vec<std::path::PathBuf>>,
+        image_encoder: Option<std::path::PathBuf>,
+        controlnets: Option<Vec<std::path::PathBuf>>,
+    ) -> PyResult<Self> {
         let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
         let inner = py
             .detach(|| {
                 let device = spec.device()?;
-                avatar_core::diffusion::pipeline::StableDiffusion::load(&model, &device)
+                let mut pipeline =
+                    avatar_core::diffusion::pipeline::StableDiffusion::load(&model, &device)?;
+                for (i, adapter) in ip_adapters.iter().flatten().enumerate() {
+                    let encoder = if i == 0 {
+                        image_encoder.as_deref()
+                    } else {
+                        None
+                    };
+                    pipeline.load_ip_adapter(adapter, encoder)?;
+                }
+                for net in controlnets.iter().flatten() {
+                    pipeline.load_controlnet(net)?;
+                }
+                Ok::<_, AvatarError>(pipeline)
             })
             .map_err(to_py_err)?;
         Ok(StableDiffusion { inner })
@@ -383,8 +504,11 @@ impl StableDiffusion {
         self.inner.is_xl()
     }
 
-    /// Images (`PIL.Image.Image`, RGBA) for a prompt.
-    #[pyo3(signature = (prompt, negative_prompt = String::new(), num_inference_steps = 30, guidance_scale = 7.5, width = None, height = None, num_images = 1, seed = None, scheduler = None, progress = None))]
+    /// Images (`PIL.Image.Image`, RGBA) for a prompt; with loaded IP-Adapters, one
+    /// `ip_adapter_image` (or `face_embedding` for FaceID / InstantID) per adapter and
+    /// `ip_adapter_scale`; with loaded ControlNets, one `control_image` per ControlNet and
+    /// `controlnet_conditioning_scale` (a value or one per ControlNet).
+    #[pyo3(signature = (prompt, negative_prompt = String::new(), num_inference_steps = 30, guidance_scale = 7.5, width = None, height = None, num_images = 1, seed = None, scheduler = None, progress = None, ip_adapter_image = None, face_embedding = None, ip_adapter_scale = None, control_image = None, controlnet_conditioning_scale = None))]
     #[allow(clippy::too_many_arguments)]
     fn text_to_image<'py>(
         &self,
@@ -399,8 +523,13 @@ impl StableDiffusion {
         seed: Option<PySeed<'py>>,
         scheduler: Option<String>,
         progress: Option<Py<PyAny>>,
+        ip_adapter_image: Option<Bound<'py, PyAny>>,
+        face_embedding: Option<Bound<'py, PyAny>>,
+        ip_adapter_scale: Option<Bound<'py, PyAny>>,
+        control_image: Option<Bound<'py, PyAny>>,
+        controlnet_conditioning_scale: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let options = diffusion_options(
+        let mut options = diffusion_options(
             prompt,
             negative_prompt,
             num_inference_steps,
@@ -410,6 +539,17 @@ impl StableDiffusion {
             num_images,
             seed,
             scheduler,
+        )?;
+        options.ip_adapter = ip_adapter_prompts(
+            self.inner.ip_adapters().len(),
+            ip_adapter_image.as_ref(),
+            face_embedding.as_ref(),
+            ip_adapter_scale.as_ref(),
+        )?;
+        options.controlnet = controlnet_prompts(
+            self.inner.controlnet_count(),
+            control_image.as_ref(),
+            controlnet_conditioning_scale.as_ref(),
         )?;
         let images = with_progress(py, progress, |report| {
             self.inner.text_to_image(&options, report)
@@ -505,6 +645,113 @@ impl StableDiffusion {
             )
         })?;
         images_to_pil(py, images)
+    }
+}
+
+/// InstantID avatars (seed 002): an SDXL pipeline with InstantID's face adapter and
+/// IdentityNet, and optional pose / canny ControlNets.
+#[pyclass(frozen, module = "avatar")]
+struct InstantID {
+    inner: avatar_core::diffusion::avatar_gen::InstantId,
+}
+
+#[pymethods]
+impl InstantID {
+    #[new]
+    #[pyo3(signature = (model, ip_adapter, identitynet, pose_controlnet = None, canny_controlnet = None, device = "cpu"))]
+    fn new(
+        py: Python<'_>,
+        model: std::path::PathBuf,
+        ip_adapter: std::path::PathBuf,
+        identitynet: std::path::PathBuf,
+        pose_controlnet: Option<std::path::PathBuf>,
+        canny_controlnet: Option<std::path::PathBuf>,
+        device: &str,
+    ) -> PyResult<Self> {
+        let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
+        let inner = py
+            .detach(|| {
+                let device = spec.device()?;
+                let base =
+                    avatar_core::diffusion::pipeline::StableDiffusion::load(&model, &device)?;
+                avatar_core::diffusion::avatar_gen::InstantId::new(
+                    base,
+                    &ip_adapter,
+                    &identitynet,
+                    pose_controlnet.as_deref(),
+                    canny_controlnet.as_deref(),
+                )
+            })
+            .map_err(to_py_err)?;
+        Ok(InstantID { inner })
+    }
+
+    /// Avatars (PIL images) of the face in `face_image`, given its insightface `embedding`
+    /// (raw, 512 values) and five `kps` in the photo's pixels; seed 002's names and ranges.
+    #[pyo3(signature = (face_image, face_embedding, face_keypoints, prompt, negative_prompt = String::new(), width = 512, height = 512, num_inference_steps = 21, guidance_scale = 7.5, s_scale = 1.0, samples = 1, seed = None, identitynet_strength_ratio = 0.8, adapter_strength_ratio = 1.0, pose_strength = 0.4, canny_strength = 0.3, controlnet_selection = vec!["pose".to_string()], pose_image = None, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        face_image: Bound<'py, PyAny>,
+        face_embedding: Vec<f32>,
+        face_keypoints: Vec<(f32, f32)>,
+        prompt: String,
+        negative_prompt: String,
+        width: u32,
+        height: u32,
+        num_inference_steps: usize,
+        guidance_scale: f64,
+        s_scale: f32,
+        samples: usize,
+        seed: Option<PySeed<'py>>,
+        identitynet_strength_ratio: f32,
+        adapter_strength_ratio: f32,
+        pose_strength: f32,
+        canny_strength: f32,
+        controlnet_selection: Vec<String>,
+        pose_image: Option<Bound<'py, PyAny>>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        use avatar_core::diffusion::avatar_gen::{
+            AvatarGenOptions, ControlSelection, FaceReference,
+        };
+        let face = FaceReference {
+            image: from_pil("face_image", &face_image)?,
+            embedding: face_embedding,
+            keypoints: face_keypoints,
+        };
+        let pose = pose_image
+            .map(|image| from_pil("pose_image", &image))
+            .transpose()?;
+        let options = AvatarGenOptions {
+            prompt,
+            negative_prompt,
+            width,
+            height,
+            num_inference_steps,
+            guidance_scale,
+            s_scale,
+            samples,
+            seed: match seed {
+                Some(seed) => seed_of(seed)?.value(),
+                None => Seed::random().value(),
+            },
+            identitynet_strength_ratio,
+            adapter_strength_ratio,
+            pose_strength,
+            canny_strength,
+            controlnet_selection: controlnet_selection
+                .iter()
+                .map(|s| s.parse::<ControlSelection>())
+                .collect::<Result<_, _>>()
+                .map_err(to_py_err)?,
+        };
+        options.validate().map_err(to_py_err)?;
+        let output = with_progress(py, progress, |report| {
+            self.inner.generate(&face, pose.as_ref(), &options, report)
+        })?;
+        images_to_pil(py, output.images)
     }
 }
 
@@ -717,6 +964,7 @@ impl SafetyChecker {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AvatarGenerator>()?;
     m.add_class::<StableDiffusion>()?;
+    m.add_class::<InstantID>()?;
     m.add_class::<VqganClip>()?;
     m.add_class::<SafetyChecker>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

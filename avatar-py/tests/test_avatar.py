@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 import threading
 import time
@@ -290,3 +291,50 @@ def test_safety_checker_and_obfuscations() -> None:
     assert info.value.field == "safety_checker_type"
     with pytest.raises(avatar.AvatarIOError):
         avatar.SafetyChecker(SAFETY / "missing")
+
+
+FIXTURES = Path(__file__).resolve().parents[2] / "avatar-core/tests/fixtures"
+
+
+def test_ip_adapter_and_controlnet_steer_the_image() -> None:
+    adapters = FIXTURES / "ip_adapter"
+    nets = FIXTURES / "controlnet"
+    pipe = avatar.StableDiffusion(TINY_SD, ip_adapters=[adapters / "ip_adapter.safetensors"],
+                                  image_encoder=adapters / "image_encoder",
+                                  controlnets=[nets / "sd15_controlnet_0"])
+    reference = Image.open(adapters / "reference.png")
+    control = Image.open(nets / "control_0.png")
+    common = dict(num_inference_steps=2, width=16, height=16, seed=3)
+    plain = pipe.text_to_image("a portrait", **common)[0]
+    steered = pipe.text_to_image("a portrait", ip_adapter_image=reference, ip_adapter_scale=0.7,
+                                 control_image=control, controlnet_conditioning_scale=0.8, **common)[0]
+    assert steered.size == (16, 16)
+    assert plain.tobytes() != steered.tobytes()
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        pipe.text_to_image("x", ip_adapter_image=reference, ip_adapter_scale=5.0, **common)
+    assert info.value.field == "ip_adapter_scale"
+    with pytest.raises(avatar.WeightsError):
+        avatar.StableDiffusion(TINY_SD, ip_adapters=[adapters / "ip_adapter_sdxl.safetensors"],
+                               image_encoder=adapters / "image_encoder")
+
+
+def test_instantid_draws_seed_002_avatars() -> None:
+    nets = FIXTURES / "controlnet"
+    model = avatar.InstantID(FIXTURES / "diffusion/sdxl_tiny", nets / "instantid_ip_adapter.bin",
+                             nets / "sdxl_identitynet", canny_controlnet=nets / "sdxl_controlnet")
+    face = Image.open(FIXTURES / "ip_adapter/reference.png").resize((80, 96))
+    embedding = [math.sin(i * 0.7) * 3.0 for i in range(16)]
+    kps = [(28, 38), (52, 38), (40, 52), (31, 66), (49, 66)]
+    steps: list[tuple[int, int]] = []
+    images = model.generate(face, embedding, kps, "pretty woman", width=64, height=64, samples=2, seed=5,
+                            controlnet_selection=["canny"], progress=lambda d, t: steps.append((d, t)))
+    assert [im.size for im in images] == [(64, 64), (64, 64)]
+    assert steps[-1] == (21, 21)
+    for kwargs, field in [({"num_inference_steps": 20}, "num_inference_steps"), ({"samples": 3}, "samples"),
+                          ({"s_scale": 2.5}, "s_scale"), ({"controlnet_selection": ["depth"]}, "controlnet_selection")]:
+        with pytest.raises(avatar.InvalidOptionError) as info:
+            model.generate(face, embedding, kps, "x", width=64, height=64, **kwargs)
+        assert info.value.field == field
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        model.generate(face, embedding, kps[:4], "x", width=64, height=64)
+    assert info.value.field == "face_keypoints"

@@ -2,6 +2,7 @@
 //! [diffusers](https://github.com/huggingface/diffusers) with numerical parity tests.
 //!
 //! - [`pipeline`]: text-to-image for SD1.5 and SDXL from a diffusers folder.
+//! - [`avatar_gen`]: seed 002's InstantID avatars (face adapter, IdentityNet, pose / canny).
 //! - [`face_avatar`]: seed 001's face avatars from a reference photo (options, ranges, default
 //!   prompt, background keying).
 //! - [`tokenizer`]: CLIP's byte-level BPE tokenizer.
@@ -20,6 +21,7 @@
 //! - [`schedulers`]: the noise schedulers (DDIM, Euler, Euler Ancestral, DPM++ 2M, LCM).
 
 pub mod attention;
+pub mod avatar_gen;
 pub mod clip_text;
 pub mod clip_vision;
 pub mod controlnet;

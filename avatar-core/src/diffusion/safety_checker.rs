@@ -10,7 +10,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use image::RgbaImage;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::clip_vision::{ClipVisionConfig, ClipVisionTransformer, clip_preprocess};
 use super::weights::{KeyMap, load_strict, tensor_names};
@@ -218,7 +218,7 @@ impl SafetyChecker {
 }
 
 /// What replaces a flagged image (seed 002's `safety_checker_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Obfuscation {
     /// A black image (diffusers' behaviour).

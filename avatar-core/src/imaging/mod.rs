@@ -1,12 +1,16 @@
 //! Image post-processing shared by every model: colours, background keying, compositing,
 //! resizing, encoding, and conversion to and from tensors.
 
+mod canny;
 mod color;
 mod encode;
+mod keypoints;
 mod matte;
 mod tensor;
 
+pub use canny::{canny, canny_image, rgb_to_gray};
 pub use color::Color;
 pub use encode::{ImageFormat, encode, resize};
+pub use keypoints::draw_kps;
 pub use matte::{MatteOptions, composite_over, key_background};
 pub use tensor::{CLIP_MEAN, CLIP_STD, clip_normalize, rgb_to_tensor, tensor_to_rgba};

@@ -1,6 +1,7 @@
 //! HTTP handlers, one file per resource.
 
 pub mod avatar;
+pub mod avatar_gen;
 pub mod docs;
 pub mod face_avatar;
 pub mod fields;

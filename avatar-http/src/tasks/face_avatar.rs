@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use avatar_core::AvatarError;
+use avatar_core::diffusion::avatar_gen::InstantId;
 use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, face_avatars};
 use avatar_core::diffusion::pipeline::StableDiffusion;
 use avatar_core::diffusion::safety_checker::{Obfuscation, SafetyFilter};
@@ -19,28 +20,67 @@ pub const KIND: &str = "diffusion.face_avatar";
 /// The lane name.
 pub const LANE: &str = "diffusion";
 
-/// The configured Stable Diffusion pipelines by `app_id` (loaded once, shared by every lane
-/// and route).
+/// The configured Stable Diffusion pipelines by `app_id`, the safety checker and InstantID
+/// (loaded once, shared by every lane and route).
 #[derive(Debug, Clone, Default)]
 pub struct DiffusionApps(
     Arc<BTreeMap<String, Arc<StableDiffusion>>>,
     Option<Arc<SafetyFilter>>,
+    Option<Arc<InstantId>>,
 );
 
+/// What [`DiffusionApps::load`] loads.
+#[derive(Debug, Clone, Default)]
+pub struct DiffusionSetup {
+    /// `(app_id, diffusers folder)`.
+    pub apps: Vec<(String, std::path::PathBuf)>,
+    /// The safety checker folder and its default obfuscation.
+    pub safety: Option<(std::path::PathBuf, Obfuscation)>,
+    /// The `default` model's IP-Adapter.
+    pub ip_adapter: Option<crate::config::IpAdapterPaths>,
+    /// InstantID (seed 002).
+    pub instant_id: Option<crate::config::InstantIdPaths>,
+}
+
 impl DiffusionApps {
-    /// Loads each `(app_id, diffusers folder)` on `device` (blocking).
-    pub fn load(
-        apps: &[(String, std::path::PathBuf)],
-        safety: Option<(&std::path::Path, Obfuscation)>,
-        device: avatar_core::DeviceSpec,
-    ) -> Result<Self, String> {
+    /// Loads every configured model on `device` (blocking).
+    pub fn load(setup: &DiffusionSetup, device: avatar_core::DeviceSpec) -> Result<Self, String> {
         let device = device.device().map_err(|e| e.to_string())?;
         let mut loaded = BTreeMap::new();
-        for (id, dir) in apps {
-            let pipeline = StableDiffusion::load(dir, &device)
+        for (id, dir) in &setup.apps {
+            let mut pipeline = StableDiffusion::load(dir, &device)
                 .map_err(|e| format!("model {id:?} ({}): {e}", dir.display()))?;
+            if let (Some(paths), "default") = (&setup.ip_adapter, id.as_str()) {
+                pipeline
+                    .load_ip_adapter(&paths.adapter, paths.image_encoder.as_deref())
+                    .map_err(|e| format!("IP-Adapter ({}): {e}", paths.adapter.display()))?;
+            }
             loaded.insert(id.clone(), Arc::new(pipeline));
         }
+        if setup.ip_adapter.is_some() && !loaded.contains_key("default") {
+            return Err("--sd-ip-adapter needs --sd-model (the default model)".into());
+        }
+        let instant_id = match &setup.instant_id {
+            Some(paths) => {
+                let base = StableDiffusion::load(&paths.model, &device)
+                    .map_err(|e| format!("InstantID model ({}): {e}", paths.model.display()))?;
+                Some(Arc::new(
+                    InstantId::new(
+                        base,
+                        &paths.adapter,
+                        &paths.identitynet,
+                        paths.pose.as_deref(),
+                        paths.canny.as_deref(),
+                    )
+                    .map_err(|e| format!("InstantID: {e}"))?,
+                ))
+            }
+            None => None,
+        };
+        let safety = setup
+            .safety
+            .as_ref()
+            .map(|(dir, how)| (dir.as_path(), *how));
         let safety = match safety {
             Some((dir, how)) => Some(Arc::new(
                 SafetyFilter::load(dir, how, &device)
@@ -48,7 +88,12 @@ impl DiffusionApps {
             )),
             None => None,
         };
-        Ok(DiffusionApps(Arc::new(loaded), safety))
+        Ok(DiffusionApps(Arc::new(loaded), safety, instant_id))
+    }
+
+    /// InstantID, when configured (`--instantid-model`).
+    pub fn instant_id(&self) -> Option<&Arc<InstantId>> {
+        self.2.as_ref()
     }
 
     /// The pipeline of `app_id`.
@@ -71,9 +116,9 @@ impl DiffusionApps {
         self.0.iter()
     }
 
-    /// Whether none is configured.
+    /// Whether no model is configured (neither Stable Diffusion apps nor InstantID).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.2.is_none()
     }
 }
 

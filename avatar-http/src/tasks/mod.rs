@@ -1,6 +1,7 @@
 //! Long-running work as tasks: a generic job queue with progress, cancellation, storage and
 //! webhooks, and the DCGAN batch job built on it.
 
+pub mod avatar_gen;
 pub mod dcgan;
 pub mod face_avatar;
 pub mod job;

@@ -4,6 +4,7 @@
 
 mod api;
 mod auth;
+mod avatar_gen;
 mod browser;
 mod common;
 mod face_avatar;

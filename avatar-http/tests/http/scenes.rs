@@ -255,3 +255,39 @@ async fn the_safety_checker_replaces_flagged_images() {
         s.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_an_ip_adapter_the_reference_goes_through_it() {
+    let gallery = temp_dir();
+    let fixtures =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../avatar-core/tests/fixtures/ip_adapter");
+    let mut config = sd_config(gallery.path());
+    config.sd_ip_adapter = Some(fixtures.join("ip_adapter.safetensors"));
+    config.sd_image_encoder = Some(fixtures.join("image_encoder"));
+    let s = TestServer::start(config).await;
+    let (_, first) = generate(&s, json!({"prompt": "a girl", "seed": 3})).await;
+    let (_, second) = generate(&s, json!({"prompt": "a boy", "seed": 4})).await;
+    let body =
+        |reference: u64| json!({"prompt": "a portrait", "reference_image": reference, "seed": 5});
+    let (status, from_first) = generate(&s, body(0)).await;
+    assert_eq!(status, 200, "{from_first}");
+    let (_, from_second) = generate(&s, body(1)).await;
+    let (_, without) = generate(&s, json!({"prompt": "a portrait", "seed": 5})).await;
+    let [a, b, c] = [&from_first, &from_second, &without]
+        .map(|answer| answer["image_url"].as_str().unwrap().to_string());
+    let (a, b, c) = (png(&s, &a).await, png(&s, &b).await, png(&s, &c).await);
+    // Same seed and prompt: only the reference (through the adapter) differs.
+    assert!(a != b && a != c && b != c);
+    assert!(first["image_id"] == 0 && second["image_id"] == 1);
+    s.stop().await;
+
+    // An adapter for another base model stops the start with a clear error.
+    let mut config = sd_config(gallery.path());
+    config.sd_ip_adapter = Some(fixtures.join("ip_adapter_sdxl.safetensors"));
+    config.sd_image_encoder = Some(fixtures.join("image_encoder"));
+    let error = match avatar_http::Server::start(config).await {
+        Ok(_) => panic!("an SDXL adapter on an SD1.5 model must be refused"),
+        Err(error) => error,
+    };
+    assert!(error.to_string().contains("IP-Adapter"), "{error}");
+}

@@ -13,7 +13,7 @@ from ._errors import (
     InvalidOptionError,
     WeightsError,
 )
-from ._native import MAX_BATCH, AvatarGenerator, SafetyChecker, StableDiffusion, VqganClip, __version__
+from ._native import MAX_BATCH, AvatarGenerator, InstantID, SafetyChecker, StableDiffusion, VqganClip, __version__
 
 __all__ = [
     "MAX_BATCH",
@@ -22,6 +22,7 @@ __all__ = [
     "AvatarIOError",
     "BackendNotCompiledError",
     "CancelledError",
+    "InstantID",
     "InvalidOptionError",
     "SafetyChecker",
     "StableDiffusion",

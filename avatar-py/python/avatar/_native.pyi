@@ -77,7 +77,16 @@ class AvatarGenerator:
 class StableDiffusion:
     """A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder (no downloads)."""
 
-    def __init__(self, model: Union[str, PathLike[str]], device: str = "cpu") -> None: ...
+    def __init__(
+        self,
+        model: Union[str, PathLike[str]],
+        device: str = "cpu",
+        ip_adapters: Optional[List[Union[str, PathLike[str]]]] = None,
+        image_encoder: Optional[Union[str, PathLike[str]]] = None,
+        controlnets: Optional[List[Union[str, PathLike[str]]]] = None,
+    ) -> None:
+        """Loads the diffusers folder `model`, then IP-Adapter files (`.bin`/`.safetensors`;
+        image adapters need the CLIP `image_encoder` folder) and ControlNet folders."""
     @property
     def is_xl(self) -> bool: ...
     def text_to_image(
@@ -92,7 +101,14 @@ class StableDiffusion:
         seed: Optional[Seed] = None,
         scheduler: Optional[str] = None,
         progress: Optional[Callable[[int, int], object]] = None,
-    ) -> List[Image]: ...
+        ip_adapter_image: Optional[Union[Image, List[Optional[Image]]]] = None,
+        face_embedding: Optional[Union[List[float], List[Optional[List[float]]]]] = None,
+        ip_adapter_scale: Optional[Union[float, List[float]]] = None,
+        control_image: Optional[Union[Image, List[Optional[Image]]]] = None,
+        controlnet_conditioning_scale: Optional[Union[float, List[float]]] = None,
+    ) -> List[Image]:
+        """Images for a prompt; one `ip_adapter_image` (or `face_embedding` for FaceID /
+        InstantID) per loaded IP-Adapter, one `control_image` per loaded ControlNet."""
     def image_to_image(
         self,
         image: Image,
@@ -156,6 +172,44 @@ class VqganClip:
         display_every: int = 10,
         progress: Optional[Callable[[int, int, float, Optional[Image]], object]] = None,
     ) -> Image: ...
+
+class InstantID:
+    """InstantID avatars (seed 002): SDXL + InstantID's face adapter and IdentityNet, with
+    optional pose / canny ControlNets, all from local files."""
+
+    def __init__(
+        self,
+        model: Union[str, PathLike[str]],
+        ip_adapter: Union[str, PathLike[str]],
+        identitynet: Union[str, PathLike[str]],
+        pose_controlnet: Optional[Union[str, PathLike[str]]] = None,
+        canny_controlnet: Optional[Union[str, PathLike[str]]] = None,
+        device: str = "cpu",
+    ) -> None: ...
+    def generate(
+        self,
+        face_image: Image,
+        face_embedding: List[float],
+        face_keypoints: List[Tuple[float, float]],
+        prompt: str,
+        negative_prompt: str = "",
+        width: int = 512,
+        height: int = 512,
+        num_inference_steps: int = 21,
+        guidance_scale: float = 7.5,
+        s_scale: float = 1.0,
+        samples: int = 1,
+        seed: Optional[Seed] = None,
+        identitynet_strength_ratio: float = 0.8,
+        adapter_strength_ratio: float = 1.0,
+        pose_strength: float = 0.4,
+        canny_strength: float = 0.3,
+        controlnet_selection: List[str] = ["pose"],
+        pose_image: Optional[Image] = None,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> List[Image]:
+        """Avatars of the face (insightface's raw 512-value `embedding` and five `kps` in the
+        photo's pixels); seed 002's ranges (steps 21/31/41, samples 1-2, <= 512x768 pixels)."""
 
 class SafetyChecker:
     """diffusers' Stable Diffusion safety checker, from a `safety_checker/` folder."""
