@@ -274,6 +274,8 @@ export interface IpAdapterInput {
   faceEmbedding?: Array<number>
   /** Weight (0-2, default 1). */
   scale?: number
+  /** FaceID-Plus-v2's shortcut weight (0-2; omit for v1). */
+  sScale?: number
 }
 
 /** The MIME type of a format name (`"png"` -> `"image/png"`), for HTTP responses. */

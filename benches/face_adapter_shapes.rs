@@ -163,23 +163,26 @@ fn main() {
             step(&AttentionInjection::default())
         });
     }
-    if wanted("plus") {
-        let file = adapter_file(&unet, plus_projection(), None);
+    // An adapter with random weights, its tokens from random features, prepared once.
+    let adapter_step = |name: &str, proj, lora, features: [usize; 3]| {
+        let file = adapter_file(&unet, proj, lora);
         let adapter = IpAdapter::load(&file, &unet, &device).unwrap();
         let _ = std::fs::remove_file(&file);
-        let hidden = Tensor::<3>::random([2, 257, 1280], normal, &device);
         let mut injection = AttentionInjection::default();
-        adapter.inject(adapter.project(hidden), 1.0, &mut injection);
-        time("+ ip-adapter plus", runs, || step(&injection));
+        let features = Tensor::<3>::random(features, normal, &device);
+        adapter.inject(adapter.project(features), 1.0, &mut injection);
+        time(name, runs, || step(&injection));
+    };
+    if wanted("plus") {
+        adapter_step("+ ip-adapter plus", plus_projection(), None, [2, 257, 1280]);
     }
     if wanted("faceid") {
-        let file = adapter_file(&unet, faceid_projection(), Some(128));
-        let adapter = IpAdapter::load(&file, &unet, &device).unwrap();
-        let _ = std::fs::remove_file(&file);
-        let face = Tensor::<3>::random([2, 1, 512], normal, &device);
-        let mut injection = AttentionInjection::default();
-        adapter.inject(adapter.project(face), 1.0, &mut injection);
-        time("+ ip-adapter faceid (lora)", runs, || step(&injection));
+        adapter_step(
+            "+ ip-adapter faceid (lora)",
+            faceid_projection(),
+            Some(128),
+            [2, 1, 512],
+        );
     }
     if wanted("controlnet") {
         let mut value: serde_json::Value = serde_json::from_str(UNET).unwrap();

@@ -3,68 +3,40 @@
 //! residuals, SD1.5 runs with one ControlNet, two (one stopping half-way) and a ControlNet with an
 //! IP-Adapter, an SDXL run, and InstantID (face tokens into the UNet and into the IdentityNet).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use avatar_core::AvatarError;
 use avatar_core::diffusion::controlnet::ControlNetModel;
 use avatar_core::diffusion::ip_adapter::{IpAdapter, IpAdapterKind, IpAdapterPrompt};
 use avatar_core::diffusion::pipeline::{ControlNetPrompt, StableDiffusion, TextToImageOptions};
-use burn::tensor::{Device, Tensor, TensorData};
-use safetensors::SafeTensors;
+use burn::tensor::{Device, Tensor};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+mod common;
+
+use common::adapters::{fixtures, pipeline, reference_options};
+use common::tensors::{TensorFile, max_abs_diff};
 
 fn controlnets() -> PathBuf {
     fixtures().join("controlnet")
 }
 
 fn reference<const D: usize>(name: &str, device: &Device) -> Tensor<D> {
-    let bytes = std::fs::read(controlnets().join("reference.safetensors")).unwrap();
-    let tensors = SafeTensors::deserialize(&bytes).unwrap();
-    let view = tensors.tensor(name).unwrap_or_else(|_| panic!("no {name}"));
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    let shape: [usize; D] = view.shape().try_into().unwrap();
-    Tensor::from_data(TensorData::new(values, shape), device)
-}
-
-fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).abs().max().into_scalar::<f32>()
+    TensorFile::open(&controlnets().join("reference.safetensors")).float(name, device)
 }
 
 fn png(name: &str) -> image::RgbaImage {
     image::open(controlnets().join(name)).unwrap().to_rgba8()
 }
 
-fn pipeline(model: &str, device: &Device) -> StableDiffusion {
-    StableDiffusion::load(&fixtures().join("diffusion").join(model), device).unwrap()
-}
-
 fn options(device: &Device) -> TextToImageOptions {
-    TextToImageOptions {
-        prompt: "a portrait of a smiling woman".into(),
-        negative_prompt: "blurry".into(),
-        num_inference_steps: 2,
-        guidance_scale: 7.5,
-        width: Some(16),
-        height: Some(16),
-        scheduler: Some("ddim".into()),
-        latents: Some(reference("latents", device)),
-        ..Default::default()
-    }
+    reference_options(reference("latents", device))
 }
 
 fn check_image(pipeline: &StableDiffusion, options: &TextToImageOptions, expected: &str) -> f32 {
     let device = Device::flex();
     let image = pipeline.text_to_image_tensor(options, |_| true).unwrap();
     let expected_image = reference(expected, &device);
-    let diff = max_diff(image, expected_image.clone());
+    let diff = max_abs_diff(image, expected_image.clone());
     eprintln!("{expected}: max abs diff {diff:e}");
     assert!(diff < 1e-3, "{expected}: {diff}");
     // The control really contributes: without it the image is far from the reference.
@@ -78,7 +50,7 @@ fn check_image(pipeline: &StableDiffusion, options: &TextToImageOptions, expecte
             |_| true,
         )
         .unwrap();
-    max_diff(plain, expected_image)
+    max_abs_diff(plain, expected_image)
 }
 
 #[test]
@@ -98,10 +70,10 @@ fn controlnet_residuals_match_diffusers() {
         .unwrap();
     assert_eq!(out.down.len(), 4);
     for (i, down) in out.down.into_iter().enumerate() {
-        let diff = max_diff(down, reference(&format!("component_down_{i}"), &device));
+        let diff = max_abs_diff(down, reference(&format!("component_down_{i}"), &device));
         assert!(diff < 1e-4, "down {i}: {diff}");
     }
-    let diff = max_diff(out.mid, reference("component_mid", &device));
+    let diff = max_abs_diff(out.mid, reference("component_mid", &device));
     assert!(diff < 1e-4, "mid: {diff}");
 }
 
@@ -192,7 +164,7 @@ fn instantid_wiring_matches_its_pipeline() {
     let (uncond, cond) = sd.ip_adapters()[adapter]
         .tokens(&IpAdapterPrompt::face(face.clone(), 0.8), None, &device)
         .unwrap();
-    let diff = max_diff(
+    let diff = max_abs_diff(
         Tensor::cat(vec![uncond, cond], 0),
         reference("instantid_tokens", &device),
     );

@@ -12,33 +12,19 @@ use avatar_core::diffusion::ip_adapter::{IpAdapter, IpAdapterKind, IpAdapterProm
 use avatar_core::diffusion::pipeline::{StableDiffusion, TextToImageOptions};
 use avatar_core::diffusion::single_file::to_safetensors;
 use avatar_core::diffusion::weights::read_tensors;
-use burn::tensor::{Device, Tensor, TensorData};
-use safetensors::SafeTensors;
+use burn::tensor::{Device, Tensor};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+mod common;
+
+use common::adapters::{fixtures, pipeline, reference_options};
+use common::tensors::{TensorFile, max_abs_diff};
 
 fn adapters() -> PathBuf {
     fixtures().join("ip_adapter")
 }
 
 fn reference<const D: usize>(name: &str, device: &Device) -> Tensor<D> {
-    let bytes = std::fs::read(adapters().join("reference.safetensors")).unwrap();
-    let tensors = SafeTensors::deserialize(&bytes).unwrap();
-    let view = tensors.tensor(name).unwrap();
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    let shape: [usize; D] = view.shape().try_into().unwrap();
-    Tensor::from_data(TensorData::new(values, shape), device)
-}
-
-fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).abs().max().into_scalar::<f32>()
+    TensorFile::open(&adapters().join("reference.safetensors")).float(name, device)
 }
 
 fn reference_image() -> image::RgbaImage {
@@ -55,29 +41,17 @@ fn face_embedding(device: &Device) -> Vec<f32> {
         .unwrap()
 }
 
-fn pipeline(model: &str, device: &Device) -> StableDiffusion {
-    StableDiffusion::load(&fixtures().join("diffusion").join(model), device).unwrap()
-}
-
 fn options(device: &Device, ip_adapter: Vec<IpAdapterPrompt>) -> TextToImageOptions {
     TextToImageOptions {
-        prompt: "a portrait of a smiling woman".into(),
-        negative_prompt: "blurry".into(),
-        num_inference_steps: 2,
-        guidance_scale: 7.5,
-        width: Some(16),
-        height: Some(16),
-        scheduler: Some("ddim".into()),
-        latents: Some(reference("latents", device)),
         ip_adapter,
-        ..Default::default()
+        ..reference_options(reference("latents", device))
     }
 }
 
 fn check_image(pipeline: &StableDiffusion, options: &TextToImageOptions, expected: &str) {
     let device = Device::flex();
     let image = pipeline.text_to_image_tensor(options, |_| true).unwrap();
-    let diff = max_diff(image, reference(expected, &device));
+    let diff = max_abs_diff(image, reference(expected, &device));
     eprintln!("{expected}: max abs diff {diff:e}");
     assert!(diff < 1e-3, "{expected}: {diff}");
 }
@@ -87,13 +61,13 @@ fn image_encoder_matches_transformers() {
     let device = Device::flex();
     let encoder = ImageEncoder::load(&adapters().join("image_encoder"), &device).unwrap();
     let pixels = encoder.preprocess(&reference_image(), &device);
-    assert!(max_diff(pixels.clone(), reference("pixel_values", &device)) < 1e-5);
+    assert!(max_abs_diff(pixels.clone(), reference("pixel_values", &device)) < 1e-5);
     let embeds = encoder.image_embeds(pixels.clone());
-    assert!(max_diff(embeds, reference("image_embeds", &device)) < 1e-4);
+    assert!(max_abs_diff(embeds, reference("image_embeds", &device)) < 1e-4);
     let hidden = encoder.penultimate_hidden_states(pixels.clone());
-    assert!(max_diff(hidden, reference("penultimate", &device)) < 1e-4);
+    assert!(max_abs_diff(hidden, reference("penultimate", &device)) < 1e-4);
     let zeros = encoder.penultimate_hidden_states(pixels.zeros_like());
-    assert!(max_diff(zeros, reference("penultimate_zeros", &device)) < 1e-4);
+    assert!(max_abs_diff(zeros, reference("penultimate_zeros", &device)) < 1e-4);
 }
 
 #[test]
@@ -133,7 +107,7 @@ fn every_variant_projects_like_diffusers() {
         assert_eq!(adapter.kind(), kind);
         let (uncond, cond) = adapter.tokens(&prompt, Some(&encoder), &device).unwrap();
         let expected = reference::<3>(&format!("{key}_tokens"), &device);
-        let diff = max_diff(Tensor::cat(vec![uncond, cond], 0), expected);
+        let diff = max_abs_diff(Tensor::cat(vec![uncond, cond], 0), expected);
         eprintln!("{key} tokens: max abs diff {diff:e}");
         assert!(diff < 1e-4, "{key}: {diff}");
     }
@@ -298,4 +272,64 @@ fn adapter_prompts_are_validated() {
         IpAdapterPrompt::face(face, 1.0),
     ]);
     assert_eq!(err.field(), Some("ip_adapter"));
+}
+
+fn faceid_plus_reference<const D: usize>(name: &str, device: &Device) -> Tensor<D> {
+    TensorFile::open(&fixtures().join("ip_adapter_faceid_plus/reference.safetensors"))
+        .float(name, device)
+}
+
+#[test]
+fn faceid_plus_v1_and_v2_match_diffusers() {
+    let device = Device::flex();
+    let file = fixtures().join("ip_adapter_faceid_plus/ip_adapter_faceid_plus.bin");
+    let face: Vec<f32> = faceid_plus_reference::<2>("face_embedding", &device)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    for (key, s_scale) in [("v2", Some(1.3)), ("v1", None)] {
+        let mut sd = pipeline("sd15_tiny", &device);
+        sd.load_ip_adapter(&file, Some(&adapters().join("image_encoder")))
+            .unwrap();
+        assert_eq!(sd.ip_adapters()[0].kind(), IpAdapterKind::FaceIdPlus);
+        let prompt = IpAdapterPrompt::face_plus(reference_image(), face.clone(), 0.8, s_scale);
+        let encoder = ImageEncoder::load(&adapters().join("image_encoder"), &device).unwrap();
+        let (uncond, cond) = sd.ip_adapters()[0]
+            .tokens(&prompt, Some(&encoder), &device)
+            .unwrap();
+        let diff = max_abs_diff(
+            Tensor::cat(vec![uncond, cond], 0),
+            faceid_plus_reference(&format!("{key}_tokens"), &device),
+        );
+        assert!(diff < 1e-4, "{key} tokens: {diff}");
+        let options = TextToImageOptions {
+            latents: Some(faceid_plus_reference("latents", &device)),
+            ..options(&device, vec![prompt])
+        };
+        let image = sd.text_to_image_tensor(&options, |_| true).unwrap();
+        let diff = max_abs_diff(
+            image,
+            faceid_plus_reference(&format!("{key}_image"), &device),
+        );
+        eprintln!("faceid plus {key}: max abs diff {diff:e}");
+        assert!(diff < 1e-3, "{key}: {diff}");
+    }
+    // s_scale out of range; the face crop is required.
+    let mut sd = pipeline("sd15_tiny", &device);
+    sd.load_ip_adapter(&file, Some(&adapters().join("image_encoder")))
+        .unwrap();
+    let run = |prompt: IpAdapterPrompt| {
+        sd.text_to_image_tensor(&options(&device, vec![prompt]), |_| true)
+            .unwrap_err()
+    };
+    let err = run(IpAdapterPrompt::face_plus(
+        reference_image(),
+        face.clone(),
+        1.0,
+        Some(2.5),
+    ));
+    assert_eq!(err.field(), Some("s_scale"));
+    let err = run(IpAdapterPrompt::face(face, 1.0));
+    assert_eq!(err.field(), Some("ip_adapter_image"));
 }

@@ -444,6 +444,8 @@ pub struct IpAdapterInput {
     pub face_embedding: Option<Vec<f64>>,
     /// Weight (0-2, default 1).
     pub scale: Option<f64>,
+    /// FaceID-Plus-v2's shortcut weight (0-2; omit for v1).
+    pub s_scale: Option<f64>,
 }
 
 /// A ControlNet's input.
@@ -490,6 +492,7 @@ fn adapter_prompts(
                     .as_ref()
                     .map(|v| v.iter().map(|&x| x as f32).collect()),
                 scale: input.scale.unwrap_or(1.0) as f32,
+                s_scale: input.s_scale.map(|v| v as f32),
             })
         })
         .collect()

@@ -403,6 +403,7 @@ fn ip_adapter_prompts(
     images: Option<&Bound<'_, PyAny>>,
     embeddings: Option<&Bound<'_, PyAny>>,
     scale: Option<&Bound<'_, PyAny>>,
+    s_scale: Option<f32>,
 ) -> PyResult<Vec<avatar_core::diffusion::ip_adapter::IpAdapterPrompt>> {
     if images.is_none() && embeddings.is_none() {
         return Ok(Vec::new());
@@ -432,6 +433,7 @@ fn ip_adapter_prompts(
                 },
                 face_embedding: embeddings.get(i).cloned().flatten(),
                 scale: scales.get(i).copied().unwrap_or(1.0),
+                s_scale,
             })
         })
         .collect()
@@ -506,9 +508,10 @@ impl StableDiffusion {
 
     /// Images (`PIL.Image.Image`, RGBA) for a prompt; with loaded IP-Adapters, one
     /// `ip_adapter_image` (or `face_embedding` for FaceID / InstantID) per adapter and
-    /// `ip_adapter_scale`; with loaded ControlNets, one `control_image` per ControlNet and
+    /// `ip_adapter_scale` (FaceID-Plus takes both the face crop and its embedding, and v2's
+    /// `s_scale`); with loaded ControlNets, one `control_image` per ControlNet and
     /// `controlnet_conditioning_scale` (a value or one per ControlNet).
-    #[pyo3(signature = (prompt, negative_prompt = String::new(), num_inference_steps = 30, guidance_scale = 7.5, width = None, height = None, num_images = 1, seed = None, scheduler = None, progress = None, ip_adapter_image = None, face_embedding = None, ip_adapter_scale = None, control_image = None, controlnet_conditioning_scale = None))]
+    #[pyo3(signature = (prompt, negative_prompt = String::new(), num_inference_steps = 30, guidance_scale = 7.5, width = None, height = None, num_images = 1, seed = None, scheduler = None, progress = None, ip_adapter_image = None, face_embedding = None, ip_adapter_scale = None, s_scale = None, control_image = None, controlnet_conditioning_scale = None))]
     #[allow(clippy::too_many_arguments)]
     fn text_to_image<'py>(
         &self,
@@ -526,6 +529,7 @@ impl StableDiffusion {
         ip_adapter_image: Option<Bound<'py, PyAny>>,
         face_embedding: Option<Bound<'py, PyAny>>,
         ip_adapter_scale: Option<Bound<'py, PyAny>>,
+        s_scale: Option<f32>,
         control_image: Option<Bound<'py, PyAny>>,
         controlnet_conditioning_scale: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
@@ -545,6 +549,7 @@ impl StableDiffusion {
             ip_adapter_image.as_ref(),
             face_embedding.as_ref(),
             ip_adapter_scale.as_ref(),
+            s_scale,
         )?;
         options.controlnet = controlnet_prompts(
             self.inner.controlnet_count(),

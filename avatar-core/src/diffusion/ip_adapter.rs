@@ -9,6 +9,8 @@
 //! - Full-Face (`proj.0`, `proj.2`, `proj.3`): an MLP over every penultimate token;
 //! - FaceID (`proj.0`, `proj.2`, `norm`): an MLP on the L2-normalised insightface embedding,
 //!   with LoRA (`{i}.to_{q,k,v,out}_lora.{down,up}`) in every attention layer;
+//! - FaceID-Plus / Plus-v2 (FaceID's MLP then `perceiver_resampler.*` over the face crop's CLIP
+//!   hidden states; v2 adds the MLP's tokens back with weight `s_scale`), with FaceID's LoRA;
 //! - InstantID's face adapter ([`IpAdapter::load_instantid`]): a Resampler on the raw
 //!   insightface embedding.
 //!
@@ -44,6 +46,9 @@ pub enum IpAdapterKind {
     FullFace,
     /// MLP on the L2-normalised face embedding, with LoRA (IP-Adapter-FaceID).
     FaceId,
+    /// FaceID's MLP refined by a perceiver over the face crop's CLIP hidden states, with LoRA
+    /// (IP-Adapter-FaceID-Plus; v2 with the `s_scale` shortcut).
+    FaceIdPlus,
     /// `Resampler` on the raw face embedding (InstantID's `ip-adapter.bin`).
     InstantId,
 }
@@ -51,7 +56,10 @@ pub enum IpAdapterKind {
 impl IpAdapterKind {
     /// Whether the adapter takes a face embedding rather than an image.
     pub fn takes_face_embedding(self) -> bool {
-        matches!(self, IpAdapterKind::FaceId | IpAdapterKind::InstantId)
+        matches!(
+            self,
+            IpAdapterKind::FaceId | IpAdapterKind::FaceIdPlus | IpAdapterKind::InstantId
+        )
     }
 }
 
@@ -128,9 +136,35 @@ pub struct Resampler {
     pub norm_out: LayerNorm,
 }
 
+/// The perceiver of FaceID-Plus: the face tokens attend to the face crop's CLIP hidden states.
+#[derive(Module, Debug)]
+pub struct PerceiverResampler {
+    /// CLIP hidden states into the token width.
+    pub proj_in: Linear,
+    /// The layers.
+    pub layers: Vec<ResamplerLayer>,
+    /// Token width -> the UNet's cross-attention width.
+    pub proj_out: Linear,
+    /// Output norm.
+    pub norm_out: LayerNorm,
+}
+
+/// FaceID-Plus's projection: FaceID's MLP to face tokens, refined by a [`PerceiverResampler`].
+#[derive(Module, Debug)]
+pub struct FaceIdPlusProjection {
+    /// The face embedding to tokens.
+    pub mlp: MlpProjection,
+    /// The refinement.
+    pub perceiver_resampler: PerceiverResampler,
+}
+
 /// The image projection of an adapter.
+// One per loaded adapter, built once: the variants' size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum ImageProjectionModel {
+    /// FaceID-Plus.
+    FaceIdPlus(FaceIdPlusProjection),
     /// IP-Adapter.
     Linear(LinearProjection),
     /// Full-Face and FaceID.
@@ -211,21 +245,52 @@ impl PerceiverAttention {
     }
 }
 
+/// Runs perceiver `layers`: `latents` attend to `x` (and themselves), then a feed-forward.
+fn perceive(layers: &[ResamplerLayer], x: Tensor<3>, mut latents: Tensor<3>) -> Tensor<3> {
+    for layer in layers {
+        latents = layer.attn.forward(x.clone(), latents.clone()) + latents;
+        let ff = &layer.ff;
+        latents = ff
+            .fc2
+            .forward(gelu(ff.fc1.forward(ff.norm.forward(latents.clone()))))
+            + latents;
+    }
+    latents
+}
+
 impl Resampler {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let b = x.dims()[0];
         let [_, q, h] = self.latents.dims();
-        let mut latents = self.latents.val().expand([b, q, h]);
-        let x = self.proj_in.forward(x);
-        for layer in &self.layers {
-            latents = layer.attn.forward(x.clone(), latents.clone()) + latents;
-            let ff = &layer.ff;
-            latents = ff
-                .fc2
-                .forward(gelu(ff.fc1.forward(ff.norm.forward(latents.clone()))))
-                + latents;
-        }
+        let latents = self.latents.val().expand([b, q, h]);
+        let latents = perceive(&self.layers, self.proj_in.forward(x), latents);
         self.norm_out.forward(self.proj_out.forward(latents))
+    }
+}
+
+impl MlpProjection {
+    /// `[B, S, D]` -> `[B, S * tokens, width]` with the norm's width.
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let width = self.norm.gamma.dims()[0];
+        let out = self.fc2.forward(gelu(self.fc1.forward(x)));
+        let tokens = s * out.dims()[2] / width;
+        self.norm.forward(out.reshape([b, tokens, width]))
+    }
+}
+
+impl FaceIdPlusProjection {
+    /// Face tokens from `face` `[B, 1, id]` refined over `clip` `[B, S, hidden]`; with
+    /// `shortcut` (v2's `s_scale`) the face tokens are added back at that weight.
+    fn forward(&self, face: Tensor<3>, clip: Tensor<3>, shortcut: Option<f32>) -> Tensor<3> {
+        let tokens = self.mlp.forward(face);
+        let p = &self.perceiver_resampler;
+        let latents = perceive(&p.layers, p.proj_in.forward(clip), tokens.clone());
+        let out = p.norm_out.forward(p.proj_out.forward(latents));
+        match shortcut {
+            Some(scale) => tokens + out.mul_scalar(scale),
+            None => out,
+        }
     }
 }
 
@@ -239,13 +304,10 @@ impl ImageProjectionModel {
                 let tokens = s * out.dims()[2] / cross;
                 p.norm.forward(out.reshape([b, tokens, cross]))
             }
-            ImageProjectionModel::Mlp(p) => {
-                let [b, s, _] = x.dims();
-                let out = p.fc2.forward(gelu(p.fc1.forward(x)));
-                let tokens = s * out.dims()[2] / cross;
-                p.norm.forward(out.reshape([b, tokens, cross]))
-            }
+            ImageProjectionModel::Mlp(p) => p.forward(x),
             ImageProjectionModel::Resampler(p) => p.forward(x),
+            // Without the face crop's hidden states: the face tokens alone.
+            ImageProjectionModel::FaceIdPlus(p) => p.mlp.forward(x),
         }
     }
 }
@@ -261,6 +323,9 @@ pub struct IpAdapterPrompt {
     pub face_embedding: Option<Vec<f32>>,
     /// Weight of the image tokens in every cross-attention (diffusers' `set_ip_adapter_scale`).
     pub scale: f32,
+    /// FaceID-Plus-v2's `s_scale` (0-2): the face tokens are added back at this weight; `None`
+    /// for FaceID-Plus v1 (and ignored by the other adapters).
+    pub s_scale: Option<f32>,
 }
 
 impl IpAdapterPrompt {
@@ -270,6 +335,7 @@ impl IpAdapterPrompt {
             image: Some(image),
             face_embedding: None,
             scale,
+            s_scale: None,
         }
     }
 
@@ -279,6 +345,23 @@ impl IpAdapterPrompt {
             image: None,
             face_embedding: Some(embedding),
             scale,
+            s_scale: None,
+        }
+    }
+
+    /// A FaceID-Plus prompt: the face crop and its raw embedding, at `scale`, with v2's
+    /// `s_scale` shortcut (`None` for v1).
+    pub fn face_plus(
+        image: RgbaImage,
+        embedding: Vec<f32>,
+        scale: f32,
+        s_scale: Option<f32>,
+    ) -> Self {
+        IpAdapterPrompt {
+            image: Some(image),
+            face_embedding: Some(embedding),
+            scale,
+            s_scale,
         }
     }
 }
@@ -303,6 +386,64 @@ fn shape<'a>(
         .get(key)
         .map(|t| t.shape.as_slice())
         .ok_or_else(|| weights_error(file, format!("missing tensor {key}")))
+}
+
+/// The perceiver layers under `prefix` (`{prefix}layers.N.{0,1}.*`) of width `hidden`.
+fn resampler_layers(
+    proj: &BTreeMap<String, RawTensor>,
+    prefix: &str,
+    hidden: usize,
+    file: &str,
+    device: &Device,
+) -> Result<Vec<ResamplerLayer>> {
+    let depth = proj
+        .keys()
+        .filter_map(|k| indexed(k, &format!("{prefix}layers.")).map(|(i, _)| i + 1))
+        .max()
+        .unwrap_or(0);
+    (0..depth)
+        .map(|n| {
+            let inner = shape(proj, &format!("{prefix}layers.{n}.0.to_q.weight"), file)?[0];
+            let ff = shape(proj, &format!("{prefix}layers.{n}.1.1.weight"), file)?[0];
+            Ok(ResamplerLayer {
+                attn: PerceiverAttention {
+                    norm1: layer_norm(hidden, device),
+                    norm2: layer_norm(hidden, device),
+                    to_q: linear(hidden, inner, false, device),
+                    to_kv: linear(hidden, 2 * inner, false, device),
+                    to_out: linear(inner, hidden, false, device),
+                    heads: (inner / 64).max(1),
+                },
+                ff: ResamplerFeedForward {
+                    norm: layer_norm(hidden, device),
+                    fc1: linear(hidden, ff, false, device),
+                    fc2: linear(ff, hidden, false, device),
+                },
+            })
+        })
+        .collect()
+}
+
+/// An original perceiver key (`{prefix}layers.N.0.to_q.weight`, `.1.0.`, `.1.1.`, `.1.3.`) as our
+/// module path (`{prefix}layers.N.attn.to_q.weight`, `ff.norm`, `ff.fc1`, `ff.fc2`).
+fn resampler_key(key: &str, prefix: &str) -> String {
+    match indexed(key, &format!("{prefix}layers.")) {
+        Some((n, tail)) => {
+            let tail = if let Some(rest) = tail.strip_prefix("0.") {
+                format!("attn.{rest}")
+            } else if let Some(rest) = tail.strip_prefix("1.0.") {
+                format!("ff.norm.{rest}")
+            } else if let Some(rest) = tail.strip_prefix("1.1.") {
+                format!("ff.fc1.{rest}")
+            } else if let Some(rest) = tail.strip_prefix("1.3.") {
+                format!("ff.fc2.{rest}")
+            } else {
+                tail.to_owned()
+            };
+            format!("{prefix}layers.{n}.{tail}")
+        }
+        None => key.to_owned(),
+    }
 }
 
 impl IpAdapter {
@@ -359,10 +500,7 @@ impl IpAdapter {
         } else if proj.contains_key("proj.3.weight") {
             IpAdapterKind::FullFace
         } else if proj.contains_key("perceiver_resampler.proj_in.weight") {
-            return Err(weights_error(
-                &file,
-                "IP-Adapter-FaceID-Plus (perceiver_resampler) is not supported yet",
-            ));
+            IpAdapterKind::FaceIdPlus
         } else if proj.contains_key("norm.weight") {
             IpAdapterKind::FaceId
         } else if proj.contains_key("latents") {
@@ -455,7 +593,7 @@ impl IpAdapter {
                 ),
             ));
         }
-        if kind == IpAdapterKind::FaceId && !has_lora {
+        if matches!(kind, IpAdapterKind::FaceId | IpAdapterKind::FaceIdPlus) && !has_lora {
             return Err(weights_error(
                 &file,
                 "IP-Adapter-FaceID weights without their LoRA (to_*_lora): \
@@ -513,61 +651,61 @@ impl IpAdapter {
                 if latents.len() != 3 || proj_in.len() != 2 || proj_out.len() != 2 {
                     return Err(weights_error(&file, "malformed Resampler shapes"));
                 }
-                let hidden = latents[2];
-                let depth = proj
-                    .keys()
-                    .filter_map(|k| indexed(k, "layers.").map(|(i, _)| i + 1))
-                    .max()
-                    .unwrap_or(0);
-                let mut resampler_layers = Vec::new();
-                for n in 0..depth {
-                    let inner = shape(&proj, &format!("layers.{n}.0.to_q.weight"), &file)?[0];
-                    let ff = shape(&proj, &format!("layers.{n}.1.1.weight"), &file)?[0];
-                    resampler_layers.push(ResamplerLayer {
-                        attn: PerceiverAttention {
-                            norm1: layer_norm(hidden, device),
-                            norm2: layer_norm(hidden, device),
-                            to_q: linear(hidden, inner, false, device),
-                            to_kv: linear(hidden, 2 * inner, false, device),
-                            to_out: linear(inner, hidden, false, device),
-                            heads: (inner / 64).max(1),
-                        },
-                        ff: ResamplerFeedForward {
-                            norm: layer_norm(hidden, device),
-                            fc1: linear(hidden, ff, false, device),
-                            fc2: linear(ff, hidden, false, device),
-                        },
-                    });
-                }
+                let layers = resampler_layers(&proj, "", latents[2], &file, device)?;
                 for (k, t) in std::mem::take(&mut proj) {
-                    let ours = match indexed(&k, "layers.") {
-                        Some((n, tail)) => {
-                            let tail = if let Some(rest) = tail.strip_prefix("0.") {
-                                format!("attn.{rest}")
-                            } else if let Some(rest) = tail.strip_prefix("1.0.") {
-                                format!("ff.norm.{rest}")
-                            } else if let Some(rest) = tail.strip_prefix("1.1.") {
-                                format!("ff.fc1.{rest}")
-                            } else if let Some(rest) = tail.strip_prefix("1.3.") {
-                                format!("ff.fc2.{rest}")
-                            } else {
-                                tail.to_owned()
-                            };
-                            format!("layers.{n}.{tail}")
-                        }
-                        None => k,
-                    };
-                    renamed.insert(format!("image_proj.{ours}"), t);
+                    renamed.insert(format!("image_proj.{}", resampler_key(&k, "")), t);
                 }
                 (
                     ImageProjectionModel::Resampler(Resampler {
-                        latents: Param::from_tensor(Tensor::zeros([1, latents[1], hidden], device)),
+                        latents: Param::from_tensor(Tensor::zeros(
+                            [1, latents[1], latents[2]],
+                            device,
+                        )),
                         proj_in: linear(proj_in[1], proj_in[0], true, device),
-                        layers: resampler_layers,
+                        layers,
                         proj_out: linear(proj_out[1], proj_out[0], true, device),
                         norm_out: layer_norm(proj_out[0], device),
                     }),
                     proj_in[1],
+                )
+            }
+            IpAdapterKind::FaceIdPlus => {
+                let pre = "perceiver_resampler.";
+                let fc1 = shape(&proj, "proj.0.weight", &file)?.to_vec();
+                let fc2 = shape(&proj, "proj.2.weight", &file)?.to_vec();
+                let width = shape(&proj, "norm.weight", &file)?[0];
+                let proj_in = shape(&proj, &format!("{pre}proj_in.weight"), &file)?.to_vec();
+                let proj_out = shape(&proj, &format!("{pre}proj_out.weight"), &file)?.to_vec();
+                if fc1.len() != 2 || fc2.len() != 2 || proj_in.len() != 2 || proj_out.len() != 2 {
+                    return Err(weights_error(&file, "malformed FaceID-Plus shapes"));
+                }
+                let layers = resampler_layers(&proj, pre, width, &file, device)?;
+                for (k, t) in std::mem::take(&mut proj) {
+                    let ours = if k.starts_with(pre) {
+                        resampler_key(&k, pre)
+                    } else {
+                        format!(
+                            "mlp.{}",
+                            k.replace("proj.0.", "fc1.").replace("proj.2.", "fc2.")
+                        )
+                    };
+                    renamed.insert(format!("image_proj.{ours}"), t);
+                }
+                (
+                    ImageProjectionModel::FaceIdPlus(FaceIdPlusProjection {
+                        mlp: MlpProjection {
+                            fc1: linear(fc1[1], fc1[0], true, device),
+                            fc2: linear(fc2[1], fc2[0], true, device),
+                            norm: layer_norm(width, device),
+                        },
+                        perceiver_resampler: PerceiverResampler {
+                            proj_in: linear(proj_in[1], proj_in[0], true, device),
+                            layers,
+                            proj_out: linear(proj_out[1], proj_out[0], true, device),
+                            norm_out: layer_norm(proj_out[0], device),
+                        },
+                    }),
+                    fc1[1],
                 )
             }
         };
@@ -627,7 +765,7 @@ impl IpAdapter {
 
     /// Whether this adapter needs a CLIP image encoder.
     pub fn needs_image_encoder(&self) -> bool {
-        !self.kind.takes_face_embedding()
+        !self.kind.takes_face_embedding() || self.kind == IpAdapterKind::FaceIdPlus
     }
 
     /// Projects `[B, S, input_dim]` features to image tokens `[B, T, cross]`.
@@ -637,95 +775,130 @@ impl IpAdapter {
 
     /// `(unconditional, conditional)` image tokens `[1, T, cross]` for `prompt`, as diffusers'
     /// `prepare_ip_adapter_image_embeds` computes them: zero embeddings (IP-Adapter, FaceID,
-    /// InstantID) or the encoder's view of a black image (Plus, Full-Face) for the
-    /// unconditional side.
+    /// InstantID) or the encoder's view of a black image (Plus, Full-Face, FaceID-Plus's face
+    /// crop) for the unconditional side.
     pub fn tokens(
         &self,
         prompt: &IpAdapterPrompt,
         encoder: Option<&ImageEncoder>,
         device: &Device,
     ) -> Result<(Tensor<3>, Tensor<3>)> {
-        let features = if self.kind.takes_face_embedding() {
-            let embedding = prompt.face_embedding.as_ref().ok_or_else(|| {
-                AvatarError::invalid(
-                    "face_embedding",
-                    format!("the {:?} adapter needs a face embedding", self.kind),
-                )
-            })?;
-            if embedding.len() != self.input_dim {
-                return Err(AvatarError::invalid(
-                    "face_embedding",
-                    format!(
-                        "{} values, the adapter takes {}",
-                        embedding.len(),
-                        self.input_dim
-                    ),
-                ));
-            }
-            if embedding.iter().any(|v| !v.is_finite()) {
-                return Err(AvatarError::invalid(
-                    "face_embedding",
-                    "holds a non-finite value",
-                ));
-            }
-            let mut values = embedding.clone();
-            if self.kind == IpAdapterKind::FaceId {
-                let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
-                if norm == 0.0 {
-                    return Err(AvatarError::invalid("face_embedding", "is all zeros"));
+        let split = |both: Tensor<3>| {
+            let [_, t, c] = both.dims();
+            (
+                both.clone().slice([0..1, 0..t, 0..c]),
+                both.slice([1..2, 0..t, 0..c]),
+            )
+        };
+        let projected = match (&self.weights.image_proj, self.kind) {
+            (ImageProjectionModel::FaceIdPlus(p), _) => {
+                let s_scale = prompt.s_scale;
+                if let Some(value) = s_scale.filter(|v| !(0.0..=2.0).contains(v)) {
+                    return Err(AvatarError::invalid(
+                        "s_scale",
+                        format!("{value} is outside 0..=2"),
+                    ));
                 }
-                values.iter_mut().for_each(|v| *v /= norm);
+                let face = self.face_features(prompt, true, device)?;
+                let clip = self.image_features(
+                    prompt,
+                    encoder,
+                    p.perceiver_resampler.proj_in.weight.dims()[0],
+                    device,
+                )?;
+                p.forward(face, clip, s_scale)
             }
-            let cond =
-                Tensor::<3>::from_data(TensorData::new(values, [1, 1, self.input_dim]), device);
-            (cond.zeros_like(), cond)
-        } else {
-            let image = prompt.image.as_ref().ok_or_else(|| {
-                AvatarError::invalid(
-                    "ip_adapter_image",
-                    format!("the {:?} adapter needs a reference image", self.kind),
-                )
-            })?;
-            let encoder = encoder.ok_or_else(|| {
-                AvatarError::Config(
-                    "this IP-Adapter needs a CLIP image encoder: load one with the adapter".into(),
-                )
-            })?;
-            let pixels = encoder.preprocess(image, device);
-            if self.kind == IpAdapterKind::Basic {
-                if encoder.projection_dim() != self.input_dim {
-                    return Err(AvatarError::Config(format!(
-                        "the image encoder's projection_dim is {}, the adapter takes {}",
-                        encoder.projection_dim(),
-                        self.input_dim
-                    )));
-                }
-                let embeds = encoder.image_embeds(pixels).unsqueeze_dim(1);
-                (embeds.zeros_like(), embeds)
-            } else {
-                if encoder.hidden_size() != self.input_dim {
-                    return Err(AvatarError::Config(format!(
-                        "the image encoder's hidden_size is {}, the adapter takes {}",
-                        encoder.hidden_size(),
-                        self.input_dim
-                    )));
-                }
-                let both = encoder
-                    .penultimate_hidden_states(Tensor::cat(vec![pixels.zeros_like(), pixels], 0));
-                let [_, s, h] = both.dims();
-                (
-                    both.clone().slice([0..1, 0..s, 0..h]),
-                    both.slice([1..2, 0..s, 0..h]),
-                )
+            (_, kind) if kind.takes_face_embedding() => {
+                let normalise = kind == IpAdapterKind::FaceId;
+                self.project(self.face_features(prompt, normalise, device)?)
+            }
+            _ => {
+                let features = self.image_features(prompt, encoder, self.input_dim, device)?;
+                self.project(features)
             }
         };
-        let (uncond, cond) = features;
-        let projected = self.project(Tensor::cat(vec![uncond, cond], 0));
-        let [_, t, c] = projected.dims();
-        Ok((
-            projected.clone().slice([0..1, 0..t, 0..c]),
-            projected.slice([1..2, 0..t, 0..c]),
-        ))
+        Ok(split(projected))
+    }
+
+    /// `[zeros, embedding]` `[2, 1, input_dim]` (L2-normalised with `normalise`).
+    fn face_features(
+        &self,
+        prompt: &IpAdapterPrompt,
+        normalise: bool,
+        device: &Device,
+    ) -> Result<Tensor<3>> {
+        let embedding = prompt.face_embedding.as_ref().ok_or_else(|| {
+            AvatarError::invalid(
+                "face_embedding",
+                format!("the {:?} adapter needs a face embedding", self.kind),
+            )
+        })?;
+        if embedding.len() != self.input_dim {
+            return Err(AvatarError::invalid(
+                "face_embedding",
+                format!(
+                    "{} values, the adapter takes {}",
+                    embedding.len(),
+                    self.input_dim
+                ),
+            ));
+        }
+        if embedding.iter().any(|v| !v.is_finite()) {
+            return Err(AvatarError::invalid(
+                "face_embedding",
+                "holds a non-finite value",
+            ));
+        }
+        let mut values = embedding.clone();
+        if normalise {
+            let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm == 0.0 {
+                return Err(AvatarError::invalid("face_embedding", "is all zeros"));
+            }
+            values.iter_mut().for_each(|v| *v /= norm);
+        }
+        let cond = Tensor::<3>::from_data(TensorData::new(values, [1, 1, self.input_dim]), device);
+        Ok(Tensor::cat(vec![cond.zeros_like(), cond], 0))
+    }
+
+    /// The encoder's features of `[black image, prompt image]`: `image_embeds` `[2, 1, width]`
+    /// (IP-Adapter) or the penultimate hidden states `[2, 1 + patches, width]`.
+    fn image_features(
+        &self,
+        prompt: &IpAdapterPrompt,
+        encoder: Option<&ImageEncoder>,
+        width: usize,
+        device: &Device,
+    ) -> Result<Tensor<3>> {
+        let image = prompt.image.as_ref().ok_or_else(|| {
+            AvatarError::invalid(
+                "ip_adapter_image",
+                format!("the {:?} adapter needs a reference image", self.kind),
+            )
+        })?;
+        let encoder = encoder.ok_or_else(|| {
+            AvatarError::Config(
+                "this IP-Adapter needs a CLIP image encoder: load one with the adapter".into(),
+            )
+        })?;
+        let pixels = encoder.preprocess(image, device);
+        if self.kind == IpAdapterKind::Basic {
+            if encoder.projection_dim() != width {
+                return Err(AvatarError::Config(format!(
+                    "the image encoder's projection_dim is {}, the adapter takes {width}",
+                    encoder.projection_dim(),
+                )));
+            }
+            let embeds = encoder.image_embeds(pixels).unsqueeze_dim(1);
+            return Ok(Tensor::cat(vec![embeds.zeros_like(), embeds], 0));
+        }
+        if encoder.hidden_size() != width {
+            return Err(AvatarError::Config(format!(
+                "the image encoder's hidden_size is {}, the adapter takes {width}",
+                encoder.hidden_size(),
+            )));
+        }
+        Ok(encoder.penultimate_hidden_states(Tensor::cat(vec![pixels.zeros_like(), pixels], 0)))
     }
 
     /// Adds this adapter to `injection` for image tokens `[B, T, cross]` (batched like the

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod adapters;
 pub mod tensors;
 
 use std::path::PathBuf;

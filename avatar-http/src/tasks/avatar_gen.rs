@@ -5,10 +5,9 @@ use avatar_core::AvatarError;
 use avatar_core::diffusion::avatar_gen::{AvatarGenOptions, FaceReference};
 use avatar_core::diffusion::safety_checker::Obfuscation;
 use avatar_core::imaging::{ImageFormat, encode};
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::face_avatar::DiffusionApps;
+use super::face_avatar::{DiffusionApps, decode_png};
 use super::job::{Artifact, Job, JobContext, JobError};
 
 /// The task kind.
@@ -54,15 +53,6 @@ impl AvatarGenJob {
         spec.options.validate().map_err(|e| e.to_string())?;
         Ok(AvatarGenJob { spec })
     }
-}
-
-fn decode_png(data: &str) -> Result<image::RgbaImage, String> {
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(data)
-        .map_err(|e| e.to_string())?;
-    Ok(image::load_from_memory(&png)
-        .map_err(|e| e.to_string())?
-        .to_rgba8())
 }
 
 impl Job<DiffusionApps> for AvatarGenJob {

@@ -155,6 +155,16 @@ impl FaceAvatarJob {
     }
 }
 
+/// A base64 PNG carried in a task's spec, decoded.
+pub(crate) fn decode_png(data: &str) -> Result<image::RgbaImage, String> {
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| e.to_string())?;
+    Ok(image::load_from_memory(&png)
+        .map_err(|e| e.to_string())?
+        .to_rgba8())
+}
+
 impl Job<DiffusionApps> for FaceAvatarJob {
     fn kind(&self) -> &'static str {
         KIND
@@ -176,12 +186,7 @@ impl Job<DiffusionApps> for FaceAvatarJob {
                 self.spec.app_id
             ))
         })?;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(&self.spec.reference_png)
-            .map_err(|e| failed(&e))?;
-        let reference = image::load_from_memory(&png)
-            .map_err(|e| failed(&e))?
-            .to_rgba8();
+        let reference = decode_png(&self.spec.reference_png).map_err(|e| failed(&e))?;
         let options = &self.spec.options;
         let images = face_avatars(pipeline, &reference, options, |p| {
             ctx.progress(p.done as u32, p.total as u32);

@@ -104,6 +104,7 @@ class StableDiffusion:
         ip_adapter_image: Optional[Union[Image, List[Optional[Image]]]] = None,
         face_embedding: Optional[Union[List[float], List[Optional[List[float]]]]] = None,
         ip_adapter_scale: Optional[Union[float, List[float]]] = None,
+        s_scale: Optional[float] = None,
         control_image: Optional[Union[Image, List[Optional[Image]]]] = None,
         controlnet_conditioning_scale: Optional[Union[float, List[float]]] = None,
     ) -> List[Image]:

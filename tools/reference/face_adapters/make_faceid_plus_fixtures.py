@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_ip_adapter_fixtures import (DIFF, NEGATIVE, OUT, PROMPT, StableDiffusionPipeline,  # noqa: E402
-                                      ip_layers, load_pipe, randn, save_adapter)
+                                      ip_layers, load_pipe, perceiver_layers, randn, save_adapter)
 
 FOLDER = os.path.join(os.path.dirname(OUT), "ip_adapter_faceid_plus")
 
@@ -35,18 +35,7 @@ def faceid_plus_proj(cross, id_dim, clip_dim, seed, embed=32, depth=4, heads=1):
     sd.update({p + "proj_in.weight": randn((embed, clip_dim), seed + 6, 0.2), p + "proj_in.bias": randn((embed,), seed + 7, 0.1),
                p + "proj_out.weight": randn((cross, embed), seed + 8, 0.2), p + "proj_out.bias": randn((cross,), seed + 9, 0.1),
                p + "norm_out.weight": 1 + randn((cross,), seed + 10, 0.1), p + "norm_out.bias": randn((cross,), seed + 11, 0.1)})
-    inner = heads * 64
-    for n in range(depth):
-        s = seed + 20 * (n + 1)
-        q = f"{p}layers.{n}."
-        for norm, k in (("0.norm1", 0), ("0.norm2", 1), ("1.0", 2)):
-            sd[q + norm + ".weight"] = 1 + randn((embed,), s + k, 0.1)
-            sd[q + norm + ".bias"] = randn((embed,), s + 3 + k, 0.1)
-        sd[q + "0.to_q.weight"] = randn((inner, embed), s + 6, 0.2)
-        sd[q + "0.to_kv.weight"] = randn((2 * inner, embed), s + 7, 0.2)
-        sd[q + "0.to_out.weight"] = randn((embed, inner), s + 8, 0.2)
-        sd[q + "1.1.weight"] = randn((4 * embed, embed), s + 9, 0.2)
-        sd[q + "1.3.weight"] = randn((embed, 4 * embed), s + 10, 0.2)
+    perceiver_layers(sd, p, embed, seed, depth, heads, stride=20, ff_out_offset=10)
     return sd
 
 
@@ -78,8 +67,11 @@ def main():
         layer.shortcut_scale = shortcut or 1.0
         id_embeds = torch.cat([torch.zeros_like(normed), normed])[:, None]
         captured = {}
-        hook = pipe.unet.encoder_hid_proj.register_forward_hook(
-            lambda _m, _i, o: captured.setdefault("tokens", o[0][:, 0].detach().clone()))
+
+        def capture(_m, _i, out):  # must return None: a returned value would replace the output
+            captured.setdefault("tokens", out[0][:, 0].detach().clone())
+
+        hook = pipe.unet.encoder_hid_proj.register_forward_hook(capture)
         with torch.no_grad():
             image = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=2, guidance_scale=7.5,
                          height=16, width=16, latents=latents.clone(), output_type="pt",

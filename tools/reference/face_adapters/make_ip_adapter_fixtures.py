@@ -88,24 +88,29 @@ def basic_proj(cross, embed, seed):
             "norm.weight": 1 + randn((cross,), seed + 2, 0.1), "norm.bias": randn((cross,), seed + 3, 0.1)}
 
 
+def perceiver_layers(sd, prefix, width, seed, depth=4, heads=1, stride=10, ff_out_offset=500):
+    """Adds a Resampler's `{prefix}layers.N.{0,1}.*` tensors (original IP-Adapter layout) to `sd`."""
+    inner = heads * 64
+    for n in range(depth):
+        s = seed + stride * (n + 1)
+        p = f"{prefix}layers.{n}."
+        for norm, k in (("0.norm1", 0), ("0.norm2", 1), ("1.0", 2)):
+            sd[p + norm + ".weight"] = 1 + randn((width,), s + k, 0.1)
+            sd[p + norm + ".bias"] = randn((width,), s + 3 + k, 0.1)
+        sd[p + "0.to_q.weight"] = randn((inner, width), s + 6, 0.2)
+        sd[p + "0.to_kv.weight"] = randn((2 * inner, width), s + 7, 0.2)
+        sd[p + "0.to_out.weight"] = randn((width, inner), s + 8, 0.2)
+        sd[p + "1.1.weight"] = randn((4 * width, width), s + 9, 0.2)
+        sd[p + "1.3.weight"] = randn((width, 4 * width), s + ff_out_offset, 0.2)
+    return sd
+
+
 def plus_proj(cross, embed, seed, hidden=24, queries=4, depth=4, heads=1):
     sd = {"latents": randn((1, queries, hidden), seed, hidden ** -0.5),
           "proj_in.weight": randn((hidden, embed), seed + 1, 0.2), "proj_in.bias": randn((hidden,), seed + 2, 0.1),
           "proj_out.weight": randn((cross, hidden), seed + 3, 0.2), "proj_out.bias": randn((cross,), seed + 4, 0.1),
           "norm_out.weight": 1 + randn((cross,), seed + 5, 0.1), "norm_out.bias": randn((cross,), seed + 6, 0.1)}
-    inner = heads * 64
-    for n in range(depth):
-        s = seed + 10 * (n + 1)
-        p = f"layers.{n}."
-        for norm, k in (("0.norm1", 0), ("0.norm2", 1), ("1.0", 2)):
-            sd[p + norm + ".weight"] = 1 + randn((hidden,), s + k, 0.1)
-            sd[p + norm + ".bias"] = randn((hidden,), s + 3 + k, 0.1)
-        sd[p + "0.to_q.weight"] = randn((inner, hidden), s + 6, 0.2)
-        sd[p + "0.to_kv.weight"] = randn((2 * inner, hidden), s + 7, 0.2)
-        sd[p + "0.to_out.weight"] = randn((hidden, inner), s + 8, 0.2)
-        sd[p + "1.1.weight"] = randn((4 * hidden, hidden), s + 9, 0.2)
-        sd[p + "1.3.weight"] = randn((hidden, 4 * hidden), s + 500, 0.2)
-    return sd
+    return perceiver_layers(sd, "", hidden, seed, depth, heads)
 
 
 def full_proj(cross, embed, seed):
