@@ -102,6 +102,8 @@ export interface AdapterFiles {
   imageEncoder?: string
   /** ControlNet folders. */
   controlnets?: Array<string>
+  /** diffusers' `safety_checker/` folder (used by `safetyChecker: true`). */
+  safetyChecker?: string
 }
 
 /** Options of an InstantID request (seed 002's names, camelCase). */
@@ -202,6 +204,12 @@ export interface FaceAvatarOptions {
   bgColor?: string
   /** Seed: an integer or any string. */
   seed?: number | string
+  /** Weight of the reference through a loaded image IP-Adapter (0-2, default 0.6). */
+  ipAdapterScale?: number
+  /** Check the images (needs the constructor's `safetyChecker` folder). */
+  safetyChecker?: boolean
+  /** `black` (default), `blur`, `pixelate` or `sensitive_content_text`. */
+  safetyCheckerType?: string
 }
 
 /**
@@ -317,6 +325,13 @@ export interface TextToImageOptions {
   ipAdapter?: Array<IpAdapterInput>
   /** Conditioning images for the loaded ControlNets. */
   controlnet?: Array<ControlNetInput>
+  /**
+   * Check the images (needs the constructor's `safetyChecker` folder); flagged ones are
+   * replaced.
+   */
+  safetyChecker?: boolean
+  /** `black` (default), `blur`, `pixelate` or `sensitive_content_text`. */
+  safetyCheckerType?: string
 }
 
 /** Options of a VQGAN+CLIP run (the core's names, camelCase). */

@@ -333,3 +333,36 @@ fn faceid_plus_v1_and_v2_match_diffusers() {
     let err = run(IpAdapterPrompt::face(face, 1.0));
     assert_eq!(err.field(), Some("ip_adapter_image"));
 }
+
+#[test]
+fn face_avatars_keep_the_face_through_a_loaded_adapter() {
+    use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, face_avatars};
+    let device = Device::flex();
+    let mut sd = pipeline("sd15_tiny", &device);
+    sd.load_ip_adapter(
+        &adapters().join("ip_adapter.safetensors"),
+        Some(&adapters().join("image_encoder")),
+    )
+    .unwrap();
+    let options = |ip_adapter_scale| FaceAvatarOptions {
+        width: 256,
+        height: 256,
+        num_inference_steps: 1,
+        guidance_scale: 1.0,
+        seed: 3,
+        ip_adapter_scale,
+        ..Default::default()
+    };
+    let photo = image::imageops::resize(
+        &reference_image(),
+        300,
+        200,
+        image::imageops::FilterType::Triangle,
+    );
+    let draw = |scale| face_avatars(&sd, &photo, &options(scale), |_| true).unwrap();
+    let (without, with) = (draw(0.0), draw(1.0));
+    assert_eq!(with[0].dimensions(), (256, 256));
+    assert_ne!(without[0], with[0], "the adapter steers the drawing");
+    let err = face_avatars(&sd, &photo, &options(2.5), |_| true).unwrap_err();
+    assert_eq!(err.field(), Some("ip_adapter_scale"));
+}

@@ -87,7 +87,6 @@ pub struct AvatarGenerator {
 fn js_field(field: &str) -> String {
     match field {
         "prompts" => "prompt".into(),
-        "safety_checker_type" => "how".into(),
         "ip_adapter_scale" => "ipAdapter.scale".into(),
         "ip_adapter_image" => "ipAdapter.image".into(),
         "controlnet_conditioning_scale" => "controlnet.scale".into(),
@@ -432,6 +431,11 @@ pub struct TextToImageOptions {
     pub ip_adapter: Option<Vec<IpAdapterInput>>,
     /// Conditioning images for the loaded ControlNets.
     pub controlnet: Option<Vec<ControlNetInput>>,
+    /// Check the images (needs the constructor's `safetyChecker` folder); flagged ones are
+    /// replaced.
+    pub safety_checker: Option<bool>,
+    /// `black` (default), `blur`, `pixelate` or `sensitive_content_text`.
+    pub safety_checker_type: Option<String>,
 }
 
 /// An IP-Adapter's input: an image (IP-Adapter, Plus, Full-Face) or a face embedding (FaceID,
@@ -473,6 +477,8 @@ pub struct AdapterFiles {
     pub image_encoder: Option<String>,
     /// ControlNet folders.
     pub controlnets: Option<Vec<String>>,
+    /// diffusers' `safety_checker/` folder (used by `safetyChecker: true`).
+    pub safety_checker: Option<String>,
 }
 
 fn adapter_prompts(
@@ -522,6 +528,34 @@ fn control_prompts(
 #[napi]
 pub struct StableDiffusion {
     inner: Arc<avatar_core::diffusion::pipeline::StableDiffusion>,
+    safety: Option<Arc<avatar_core::diffusion::safety_checker::SafetyFilter>>,
+}
+
+/// The safety filter a task applies (`safetyChecker: true`) with its `safetyCheckerType`.
+type TaskSafety = (
+    Arc<avatar_core::diffusion::safety_checker::SafetyFilter>,
+    Option<avatar_core::diffusion::safety_checker::Obfuscation>,
+);
+
+impl StableDiffusion {
+    /// The filter for a call's `safetyChecker` / `safetyCheckerType`.
+    fn task_safety(
+        &self,
+        enabled: Option<bool>,
+        how: Option<&str>,
+    ) -> Result<Option<TaskSafety>, AvatarError> {
+        if !enabled.unwrap_or(false) {
+            return Ok(None);
+        }
+        let filter = self.safety.clone().ok_or_else(|| {
+            AvatarError::invalid(
+                "safety_checker",
+                "needs new StableDiffusion(model, device, { safetyChecker: <folder> })",
+            )
+        })?;
+        let how = how.map(str::parse).transpose()?;
+        Ok(Some((filter, how)))
+    }
 }
 
 /// What a [`DiffusionTask`] draws.
@@ -553,6 +587,7 @@ enum DiffusionWork {
 
 /// Stable Diffusion work on the libuv pool.
 pub struct DiffusionTask {
+    safety: Option<TaskSafety>,
     options: avatar_core::diffusion::pipeline::TextToImageOptions,
     work: DiffusionWork,
     cancelled: Arc<AtomicBool>,
@@ -588,6 +623,10 @@ impl Task for DiffusionTask {
                     .generate(face, pose.as_ref(), options, report)
                     .map(|out| out.images)
             }
+        };
+        let images = match (&self.safety, images) {
+            (Some((filter, how)), Ok(images)) => filter.filter(images, *how).map(|(i, _)| i),
+            (_, images) => images,
         };
         Ok(images.and_then(|images| {
             images
@@ -636,11 +675,23 @@ impl StableDiffusion {
             for dir in adapters.controlnets.iter().flatten() {
                 pipeline.load_controlnet(std::path::Path::new(dir))?;
             }
-            Ok(pipeline)
+            let safety = adapters
+                .safety_checker
+                .as_deref()
+                .map(|dir| {
+                    avatar_core::diffusion::safety_checker::SafetyFilter::load(
+                        std::path::Path::new(dir),
+                        avatar_core::diffusion::safety_checker::Obfuscation::Black,
+                        &spec.device()?,
+                    )
+                })
+                .transpose()?;
+            Ok((pipeline, safety))
         };
-        let inner = load().map_err(|e| sync_error(&env, e))?;
+        let (inner, safety) = load().map_err(|e| sync_error(&env, e))?;
         Ok(StableDiffusion {
             inner: Arc::new(inner),
+            safety: safety.map(Arc::new),
         })
     }
 
@@ -685,10 +736,15 @@ impl StableDiffusion {
                 controlnet: control_prompts(options.controlnet.as_deref().unwrap_or_default())?,
                 ..Default::default()
             };
-            Ok((core, image))
+            let safety = self.task_safety(
+                options.safety_checker,
+                options.safety_checker_type.as_deref(),
+            )?;
+            Ok((core, image, safety))
         })()
         .map_err(|e| sync_error(&env, e))?;
         let task = DiffusionTask {
+            safety: core.2,
             options: core.0,
             work: match core.1 {
                 Some((image, strength)) => {
@@ -735,12 +791,20 @@ impl StableDiffusion {
                     Some(seed) => parse_seed(seed)?.value(),
                     None => Seed::random().value(),
                 },
+                ip_adapter_scale: options
+                    .ip_adapter_scale
+                    .map_or(defaults.ip_adapter_scale, |v| v as f32),
             };
             face.validate()?;
-            Ok((reference, face))
+            let safety = self.task_safety(
+                options.safety_checker,
+                options.safety_checker_type.as_deref(),
+            )?;
+            Ok((reference, face, safety))
         })()
         .map_err(|e| sync_error(&env, e))?;
         let task = DiffusionTask {
+            safety: core.2,
             options: Default::default(),
             work: DiffusionWork::Face(self.inner.clone(), core.0, Box::new(core.1)),
             cancelled: Arc::default(),
@@ -912,6 +976,7 @@ impl InstantId {
         })()
         .map_err(|e| sync_error(&env, e))?;
         let task = DiffusionTask {
+            safety: None,
             options: Default::default(),
             work,
             cancelled: Arc::default(),
@@ -1176,6 +1241,12 @@ pub struct FaceAvatarOptions {
     pub bg_color: Option<String>,
     /// Seed: an integer or any string.
     pub seed: Option<Either<f64, String>>,
+    /// Weight of the reference through a loaded image IP-Adapter (0-2, default 0.6).
+    pub ip_adapter_scale: Option<f64>,
+    /// Check the images (needs the constructor's `safetyChecker` folder).
+    pub safety_checker: Option<bool>,
+    /// `black` (default), `blur`, `pixelate` or `sensitive_content_text`.
+    pub safety_checker_type: Option<String>,
 }
 
 /// diffusers' Stable Diffusion safety checker (a `safety_checker/` folder).
@@ -1252,7 +1323,13 @@ impl SafetyChecker {
             let how = how
                 .as_deref()
                 .unwrap_or("black")
-                .parse::<avatar_core::diffusion::safety_checker::Obfuscation>()?;
+                .parse::<avatar_core::diffusion::safety_checker::Obfuscation>()
+                .map_err(|e| match e {
+                    AvatarError::InvalidOption { message, .. } => {
+                        AvatarError::invalid("how", message)
+                    }
+                    other => other,
+                })?;
             let image = decode_image("image", &image)?;
             avatar_core::imaging::encode(
                 &avatar_core::diffusion::safety_checker::obfuscate(&image, how),

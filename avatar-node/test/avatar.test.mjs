@@ -247,3 +247,21 @@ test('StableDiffusion takes IP-Adapters and ControlNets; InstantId draws seed 00
     (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'faceKeypoints',
   );
 });
+
+test('StableDiffusion runs the safety checker when asked', async () => {
+  const fixtures = new URL('../../avatar-core/tests/fixtures/', import.meta.url).pathname;
+  const model = `${fixtures}diffusion/sd15_tiny`;
+  const pipe = new avatar.StableDiffusion(model, 'cpu', { safetyChecker: `${fixtures}safety_checker` });
+  const options = { prompt: 'a cartoon avatar', numInferenceSteps: 2, seed: 1 };
+  const [checked] = await pipe.textToImage({ ...options, safetyChecker: true, safetyCheckerType: 'blur' });
+  assert.deepEqual(pngInfo(checked), { width: 32, height: 32, colorType: 6 });
+  assert.throws(
+    () => pipe.textToImage({ ...options, safetyChecker: true, safetyCheckerType: 'sepia' }),
+    (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'safetyCheckerType',
+  );
+  const bare = new avatar.StableDiffusion(model, 'cpu');
+  assert.throws(
+    () => bare.textToImage({ ...options, safetyChecker: true }),
+    (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'safetyChecker',
+  );
+});

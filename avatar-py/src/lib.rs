@@ -298,6 +298,48 @@ impl AvatarGenerator {
 #[pyclass(frozen, module = "avatar")]
 struct StableDiffusion {
     inner: avatar_core::diffusion::pipeline::StableDiffusion,
+    safety: Option<avatar_core::diffusion::safety_checker::SafetyFilter>,
+}
+
+impl StableDiffusion {
+    /// Runs the safety checker on `images` when `enabled` (seed 002's `safety_checker` and
+    /// `safety_checker_type`): flagged images are replaced; each PIL image carries its verdict in
+    /// `info["nsfw_content_detected"]`.
+    fn finish<'py>(
+        &self,
+        py: Python<'py>,
+        images: Vec<RgbaImage>,
+        enabled: bool,
+        how: Option<&str>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let (images, flags) = match (enabled, &self.safety) {
+            (false, _) => {
+                let n = images.len();
+                (images, vec![false; n])
+            }
+            (true, None) => {
+                return Err(to_py_err(AvatarError::invalid(
+                    "safety_checker",
+                    "needs StableDiffusion(..., safety_checker=<folder>)",
+                )));
+            }
+            (true, Some(filter)) => {
+                let how = how
+                    .map(str::parse::<avatar_core::diffusion::safety_checker::Obfuscation>)
+                    .transpose()
+                    .map_err(to_py_err)?;
+                py.detach(|| filter.filter(images, how))
+                    .map_err(to_py_err)?
+            }
+        };
+        let list = images_to_pil(py, images)?;
+        for (image, flagged) in list.iter().zip(flags) {
+            image
+                .getattr("info")?
+                .set_item("nsfw_content_detected", flagged)?;
+        }
+        Ok(list)
+    }
 }
 
 /// Text-to-image options with the core's names and defaults.
@@ -468,7 +510,7 @@ fn controlnet_prompts(
 #[pymethods]
 impl StableDiffusion {
     #[new]
-    #[pyo3(signature = (model, device = "cpu", ip_adapters = None, image_encoder = None, controlnets = None))]
+    #[pyo3(signature = (model, device = "cpu", ip_adapters = None, image_encoder = None, controlnets = None, safety_checker = None))]
     fn new(
         py: Python<'_>,
         model: std::path::PathBuf,
@@ -476,9 +518,10 @@ impl StableDiffusion {
         ip_adapters: Option<Vec<std::path::PathBuf>>,
         image_encoder: Option<std::path::PathBuf>,
         controlnets: Option<Vec<std::path::PathBuf>>,
+        safety_checker: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
-        let inner = py
+        let (inner, safety) = py
             .detach(|| {
                 let device = spec.device()?;
                 let mut pipeline =
@@ -494,10 +537,19 @@ impl StableDiffusion {
                 for net in controlnets.iter().flatten() {
                     pipeline.load_controlnet(net)?;
                 }
-                Ok::<_, AvatarError>(pipeline)
+                let safety = safety_checker
+                    .map(|dir| {
+                        avatar_core::diffusion::safety_checker::SafetyFilter::load(
+                            &dir,
+                            avatar_core::diffusion::safety_checker::Obfuscation::Black,
+                            &device,
+                        )
+                    })
+                    .transpose()?;
+                Ok::<_, AvatarError>((pipeline, safety))
             })
             .map_err(to_py_err)?;
-        Ok(StableDiffusion { inner })
+        Ok(StableDiffusion { inner, safety })
     }
 
     /// Whether the pipeline is SDXL.
@@ -511,7 +563,7 @@ impl StableDiffusion {
     /// `ip_adapter_scale` (FaceID-Plus takes both the face crop and its embedding, and v2's
     /// `s_scale`); with loaded ControlNets, one `control_image` per ControlNet and
     /// `controlnet_conditioning_scale` (a value or one per ControlNet).
-    #[pyo3(signature = (prompt, negative_prompt = String::new(), num_inference_steps = 30, guidance_scale = 7.5, width = None, height = None, num_images = 1, seed = None, scheduler = None, progress = None, ip_adapter_image = None, face_embedding = None, ip_adapter_scale = None, s_scale = None, control_image = None, controlnet_conditioning_scale = None))]
+    #[pyo3(signature = (prompt, negative_prompt = String::new(), num_inference_steps = 30, guidance_scale = 7.5, width = None, height = None, num_images = 1, seed = None, scheduler = None, progress = None, ip_adapter_image = None, face_embedding = None, ip_adapter_scale = None, s_scale = None, control_image = None, controlnet_conditioning_scale = None, safety_checker = false, safety_checker_type = None))]
     #[allow(clippy::too_many_arguments)]
     fn text_to_image<'py>(
         &self,
@@ -532,6 +584,8 @@ impl StableDiffusion {
         s_scale: Option<f32>,
         control_image: Option<Bound<'py, PyAny>>,
         controlnet_conditioning_scale: Option<Bound<'py, PyAny>>,
+        safety_checker: bool,
+        safety_checker_type: Option<String>,
     ) -> PyResult<Bound<'py, PyList>> {
         let mut options = diffusion_options(
             prompt,
@@ -559,7 +613,7 @@ impl StableDiffusion {
         let images = with_progress(py, progress, |report| {
             self.inner.text_to_image(&options, report)
         })?;
-        images_to_pil(py, images)
+        self.finish(py, images, safety_checker, safety_checker_type.as_deref())
     }
 
     /// Images from `image` (a `PIL.Image.Image`) and a prompt; `strength` in (0, 1] is how much
@@ -602,7 +656,7 @@ impl StableDiffusion {
     /// Seed 001's face avatars (PIL images): `batch` images drawn from the reference photo
     /// `image`; `prompt=None` uses the default avatar prompt with `gender`; ranges as the seed
     /// (batch 1-8, sides 256-1536, steps 1-50, guidance 1-30).
-    #[pyo3(signature = (image, prompt = None, gender = None, batch = 1, width = 512, height = 512, num_inference_steps = 30, guidance_scale = 7.5, negative_prompt = String::new(), strength = 0.6, remove_background = false, bg_color = None, seed = None, progress = None))]
+    #[pyo3(signature = (image, prompt = None, gender = None, batch = 1, width = 512, height = 512, num_inference_steps = 30, guidance_scale = 7.5, negative_prompt = String::new(), strength = 0.6, remove_background = false, bg_color = None, seed = None, progress = None, ip_adapter_scale = 0.6, safety_checker = false, safety_checker_type = None))]
     #[allow(clippy::too_many_arguments)]
     fn face_avatar<'py>(
         &self,
@@ -621,6 +675,9 @@ impl StableDiffusion {
         bg_color: Option<String>,
         seed: Option<PySeed<'py>>,
         progress: Option<Py<PyAny>>,
+        ip_adapter_scale: f32,
+        safety_checker: bool,
+        safety_checker_type: Option<String>,
     ) -> PyResult<Bound<'py, PyList>> {
         let reference = from_pil("image", &image)?;
         let options = avatar_core::diffusion::face_avatar::FaceAvatarOptions {
@@ -639,6 +696,7 @@ impl StableDiffusion {
                 Some(seed) => seed_of(seed)?.value(),
                 None => Seed::random().value(),
             },
+            ip_adapter_scale,
         };
         options.validate().map_err(to_py_err)?;
         let images = with_progress(py, progress, |report| {
@@ -649,7 +707,7 @@ impl StableDiffusion {
                 report,
             )
         })?;
-        images_to_pil(py, images)
+        self.finish(py, images, safety_checker, safety_checker_type.as_deref())
     }
 }
 

@@ -338,3 +338,20 @@ def test_instantid_draws_seed_002_avatars() -> None:
     with pytest.raises(avatar.InvalidOptionError) as info:
         model.generate(face, embedding, kps[:4], "x", width=64, height=64)
     assert info.value.field == "face_keypoints"
+
+
+def test_safety_checker_option_flags_and_replaces() -> None:
+    pipe = avatar.StableDiffusion(TINY_SD, safety_checker=SAFETY)
+    images = pipe.text_to_image("a cartoon avatar", num_inference_steps=2, num_images=2, seed=1,
+                                safety_checker=True, safety_checker_type="blur")
+    assert all(isinstance(im.info["nsfw_content_detected"], bool) for im in images)
+    plain = pipe.text_to_image("a cartoon avatar", num_inference_steps=2, num_images=2, seed=1)
+    assert all(im.info["nsfw_content_detected"] is False for im in plain)
+    for im, checked in zip(plain, images):
+        assert (im.tobytes() == checked.tobytes()) != checked.info["nsfw_content_detected"]
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        pipe.text_to_image("x", num_inference_steps=1, safety_checker=True, safety_checker_type="sepia")
+    assert info.value.field == "safety_checker_type"
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        avatar.StableDiffusion(TINY_SD).text_to_image("x", num_inference_steps=1, safety_checker=True)
+    assert info.value.field == "safety_checker"

@@ -2,12 +2,14 @@
 //! with the seed's default avatar prompt, ranges and background options.
 //!
 //! The reference steers the result through image-to-image (its layout and colours are kept in
-//! proportion to `1 - strength`). Identity adapters (IP-Adapter / FaceID / InstantID) are not
-//! implemented yet; when they are, they plug in here with the same options.
+//! proportion to `1 - strength`) and, when the pipeline has one image IP-Adapter loaded (e.g.
+//! IP-Adapter Plus-Face), through the adapter too (`ip_adapter_scale`), which keeps the face's
+//! identity while the prompt restyles it.
 
 use image::RgbaImage;
 use serde::{Deserialize, Serialize};
 
+use super::ip_adapter::IpAdapterPrompt;
 use super::pipeline::{StableDiffusion, TextToImageOptions};
 use crate::avatar::Progress;
 use crate::error::{AvatarError, Result};
@@ -61,6 +63,9 @@ pub struct FaceAvatarOptions {
     pub bg_color: Option<String>,
     /// Seed of the noise (the batch uses consecutive draws of its stream).
     pub seed: u64,
+    /// Weight of the reference through the pipeline's image IP-Adapter, when one is loaded
+    /// (0-2).
+    pub ip_adapter_scale: f32,
 }
 
 impl Default for FaceAvatarOptions {
@@ -78,6 +83,7 @@ impl Default for FaceAvatarOptions {
             remove_background: false,
             bg_color: None,
             seed: 0,
+            ip_adapter_scale: 0.6,
         }
     }
 }
@@ -117,6 +123,12 @@ impl FaceAvatarOptions {
                     "{} is too small for {} steps (the schedule would exceed 1000 timesteps)",
                     self.strength, self.num_inference_steps
                 ),
+            );
+        }
+        if !(0.0..=2.0).contains(&self.ip_adapter_scale) {
+            return invalid(
+                "ip_adapter_scale",
+                format!("{} is outside 0..=2", self.ip_adapter_scale),
             );
         }
         if let Some(color) = &self.bg_color {
@@ -230,6 +242,15 @@ pub fn face_avatars(
         guidance_scale: options.guidance_scale,
         num_images: options.batch,
         seed: Some(Seed::Number(options.seed)),
+        ip_adapter: match pipeline.ip_adapters() {
+            [adapter] if !adapter.kind().takes_face_embedding() => {
+                vec![IpAdapterPrompt::image(
+                    start.clone(),
+                    options.ip_adapter_scale,
+                )]
+            }
+            _ => Vec::new(),
+        },
         ..Default::default()
     };
     pipeline

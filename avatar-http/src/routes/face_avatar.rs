@@ -153,6 +153,8 @@ pub fn parse_options(body: &Map<String, Value>) -> Result<FaceAvatarOptions, Fac
         remove_background: fields::boolean(body, "remove_background")?.unwrap_or(false),
         bg_color: fields::string(body, "bg_color")?,
         seed,
+        ip_adapter_scale: fields::number(body, "ip_adapter_scale")?
+            .map_or(defaults.ip_adapter_scale, |v| v as f32),
     };
     options.validate()?;
     Ok(options)
@@ -264,7 +266,7 @@ impl Drop for CancelIfDropped {
 
 /// Draws face avatars from a reference photo.
 #[utoipa::path(post, path = "/getImageToImage", tag = "face-avatar",
-    request_body(content = Object, description = "The seed's fields: `app_id`, `image` (http(s) URL or data URI; fitted within 1536x1536), `prompt` (null: the default avatar prompt with `gender`), `batch` 1-8, `height`/`width` 256-1536, `celery`, `num_inference_steps` 1-50, `guidance_scale` 1-30, `negative_prompt`, `gender`, `remove_background`, `bg_color`; additions: `strength` (0-1, default 0.6), `seed`, `webhook`, `track_id`"),
+    request_body(content = Object, description = "The seed's fields: `app_id`, `image` (http(s) URL or data URI; fitted within 1536x1536), `prompt` (null: the default avatar prompt with `gender`), `batch` 1-8, `height`/`width` 256-1536, `celery`, `num_inference_steps` 1-50, `guidance_scale` 1-30, `negative_prompt`, `gender`, `remove_background`, `bg_color`; additions: `strength` (0-1, default 0.6), `ip_adapter_scale` (0-2, default 0.6; with `--sd-ip-adapter`), `seed`, `webhook`, `track_id`"),
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Done (`celery: false`) or queued (`celery: true`)", body = FaceAvatarResponse),

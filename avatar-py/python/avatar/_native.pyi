@@ -84,9 +84,11 @@ class StableDiffusion:
         ip_adapters: Optional[List[Union[str, PathLike[str]]]] = None,
         image_encoder: Optional[Union[str, PathLike[str]]] = None,
         controlnets: Optional[List[Union[str, PathLike[str]]]] = None,
+        safety_checker: Optional[Union[str, PathLike[str]]] = None,
     ) -> None:
         """Loads the diffusers folder `model`, then IP-Adapter files (`.bin`/`.safetensors`;
-        image adapters need the CLIP `image_encoder` folder) and ControlNet folders."""
+        image adapters need the CLIP `image_encoder` folder), ControlNet folders and diffusers'
+        `safety_checker/` folder (used by `safety_checker=True`)."""
     @property
     def is_xl(self) -> bool: ...
     def text_to_image(
@@ -107,6 +109,8 @@ class StableDiffusion:
         s_scale: Optional[float] = None,
         control_image: Optional[Union[Image, List[Optional[Image]]]] = None,
         controlnet_conditioning_scale: Optional[Union[float, List[float]]] = None,
+        safety_checker: bool = False,
+        safety_checker_type: Optional[str] = None,
     ) -> List[Image]:
         """Images for a prompt; one `ip_adapter_image` (or `face_embedding` for FaceID /
         InstantID) per loaded IP-Adapter, one `control_image` per loaded ControlNet."""
@@ -139,6 +143,9 @@ class StableDiffusion:
         bg_color: Optional[str] = None,
         seed: Optional[Seed] = None,
         progress: Optional[Callable[[int, int], object]] = None,
+        ip_adapter_scale: float = 0.6,
+        safety_checker: bool = False,
+        safety_checker_type: Optional[str] = None,
     ) -> List[Image]: ...
 
 ImagePrompt = Union[Image, Tuple[Image, float], Tuple[Image, float, float]]
