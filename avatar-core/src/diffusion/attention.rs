@@ -139,11 +139,6 @@ impl Attention {
         self.forward_with(x, context, AttentionExtras::default())
     }
 
-    /// Number of attention heads.
-    pub fn heads(&self) -> usize {
-        self.heads
-    }
-
     /// [`Attention::forward`] with LoRA updates of the projections and extra key/value streams
     /// summed into the result before `to_out` (as diffusers' `IPAdapterAttnProcessor2_0`).
     pub fn forward_with(

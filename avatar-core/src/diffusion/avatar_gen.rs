@@ -19,7 +19,7 @@ use super::ip_adapter::IpAdapterPrompt;
 use super::pipeline::{ControlNetPrompt, StableDiffusion, TextToImageOptions};
 use crate::avatar::Progress;
 use crate::error::{AvatarError, Result};
-use crate::imaging::{canny_image, draw_kps};
+use crate::imaging::{canny_image, check_keypoints, draw_kps};
 use crate::seed::Seed;
 
 /// Denoising steps seed 002 accepts.
@@ -253,36 +253,8 @@ impl InstantId {
     /// Checks a face's embedding (length of the adapter's input, finite) and keypoints (five,
     /// finite) before any work, naming the field.
     pub fn check_face(&self, embedding: &[f32], keypoints: &[(f32, f32)]) -> Result<()> {
-        let expected = self.pipeline.ip_adapters()[self.adapter].input_dim();
-        if embedding.len() != expected {
-            return Err(AvatarError::invalid(
-                "face_embedding",
-                format!(
-                    "{} values, the face adapter takes {expected}",
-                    embedding.len()
-                ),
-            ));
-        }
-        if embedding.iter().any(|v| !v.is_finite()) {
-            return Err(AvatarError::invalid(
-                "face_embedding",
-                "holds a non-finite value",
-            ));
-        }
-        if keypoints.len() != 5
-            || keypoints
-                .iter()
-                .any(|(x, y)| !x.is_finite() || !y.is_finite())
-        {
-            return Err(AvatarError::invalid(
-                "face_keypoints",
-                format!(
-                    "expected 5 finite keypoints (eyes, nose, mouth corners), got {}",
-                    keypoints.len()
-                ),
-            ));
-        }
-        Ok(())
+        self.pipeline.ip_adapters()[self.adapter].check_face_embedding(embedding)?;
+        check_keypoints(keypoints)
     }
 
     /// Which extra ControlNets are loaded.

@@ -155,16 +155,14 @@ impl ClipVisionTransformer {
         (x, pooled)
     }
 
-    /// transformers' `hidden_states`: the encoder input (after `pre_layrnorm`) then each
-    /// layer's output, `num_hidden_layers + 1` tensors `[B, 1 + patches, H]`.
-    pub fn hidden_states(&self, pixel_values: Tensor<4>) -> Vec<Tensor<3>> {
+    /// transformers' `hidden_states[n]` `[B, 1 + patches, H]`: the encoder input (after
+    /// `pre_layrnorm`) through the first `n` layers only.
+    pub fn hidden_state(&self, pixel_values: Tensor<4>, n: usize) -> Tensor<3> {
         let mut x = self.embed(pixel_values);
-        let mut states = vec![x.clone()];
-        for layer in &self.encoder.layers {
+        for layer in self.encoder.layers.iter().take(n) {
             x = layer.forward(x);
-            states.push(x.clone());
         }
-        states
+        x
     }
 
     /// `post_layernorm` of the class token `[B, H]`.

@@ -86,8 +86,8 @@ impl ImageEncoder {
     /// `hidden_states[-2]` `[B, 1 + patches, hidden]`: the second-to-last layer's output, which
     /// the Plus and Full-Face adapters take.
     pub fn penultimate_hidden_states(&self, pixel_values: Tensor<4>) -> Tensor<3> {
-        let mut states = self.vision_model.hidden_states(pixel_values);
-        let index = states.len() - 2;
-        states.swap_remove(index)
+        let layers = self.vision_model.encoder.layers.len();
+        self.vision_model
+            .hidden_state(pixel_values, layers.saturating_sub(1))
     }
 }

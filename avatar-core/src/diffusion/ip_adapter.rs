@@ -202,7 +202,6 @@ pub struct IpAdapter {
     processors: Vec<usize>,
     /// Width of the projection's input (CLIP embeds / hidden size, or the face embedding).
     input_dim: usize,
-    cross_dim: usize,
 }
 
 fn layer_norm(dim: usize, device: &Device) -> LayerNorm {
@@ -268,14 +267,18 @@ impl Resampler {
     }
 }
 
+/// `[B, S, tokens * width]` -> `[B, S * tokens, width]` (`width`: the norm's), normalised per
+/// token.
+fn tokens_normed(out: Tensor<3>, norm: &LayerNorm) -> Tensor<3> {
+    let [b, s, c] = out.dims();
+    let width = norm.gamma.dims()[0];
+    norm.forward(out.reshape([b, s * c / width, width]))
+}
+
 impl MlpProjection {
     /// `[B, S, D]` -> `[B, S * tokens, width]` with the norm's width.
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, s, _] = x.dims();
-        let width = self.norm.gamma.dims()[0];
-        let out = self.fc2.forward(gelu(self.fc1.forward(x)));
-        let tokens = s * out.dims()[2] / width;
-        self.norm.forward(out.reshape([b, tokens, width]))
+        tokens_normed(self.fc2.forward(gelu(self.fc1.forward(x))), &self.norm)
     }
 }
 
@@ -296,14 +299,9 @@ impl FaceIdPlusProjection {
 
 impl ImageProjectionModel {
     /// `[B, S, D]` features -> `[B, T, cross]` tokens.
-    fn forward(&self, x: Tensor<3>, cross: usize) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         match self {
-            ImageProjectionModel::Linear(p) => {
-                let [b, s, _] = x.dims();
-                let out = p.proj.forward(x);
-                let tokens = s * out.dims()[2] / cross;
-                p.norm.forward(out.reshape([b, tokens, cross]))
-            }
+            ImageProjectionModel::Linear(p) => tokens_normed(p.proj.forward(x), &p.norm),
             ImageProjectionModel::Mlp(p) => p.forward(x),
             ImageProjectionModel::Resampler(p) => p.forward(x),
             // Without the face crop's hidden states: the face tokens alone.
@@ -748,7 +746,6 @@ impl IpAdapter {
             kind,
             processors: cross.iter().map(|p| p.index).collect(),
             input_dim,
-            cross_dim: unet_cross,
         })
     }
 
@@ -770,7 +767,7 @@ impl IpAdapter {
 
     /// Projects `[B, S, input_dim]` features to image tokens `[B, T, cross]`.
     pub fn project(&self, features: Tensor<3>) -> Tensor<3> {
-        self.weights.image_proj.forward(features, self.cross_dim)
+        self.weights.image_proj.forward(features)
     }
 
     /// `(unconditional, conditional)` image tokens `[1, T, cross]` for `prompt`, as diffusers'
@@ -820,19 +817,8 @@ impl IpAdapter {
         Ok(split(projected))
     }
 
-    /// `[zeros, embedding]` `[2, 1, input_dim]` (L2-normalised with `normalise`).
-    fn face_features(
-        &self,
-        prompt: &IpAdapterPrompt,
-        normalise: bool,
-        device: &Device,
-    ) -> Result<Tensor<3>> {
-        let embedding = prompt.face_embedding.as_ref().ok_or_else(|| {
-            AvatarError::invalid(
-                "face_embedding",
-                format!("the {:?} adapter needs a face embedding", self.kind),
-            )
-        })?;
+    /// Checks a face embedding for this adapter: `input_dim` finite values.
+    pub fn check_face_embedding(&self, embedding: &[f32]) -> Result<()> {
         if embedding.len() != self.input_dim {
             return Err(AvatarError::invalid(
                 "face_embedding",
@@ -849,6 +835,23 @@ impl IpAdapter {
                 "holds a non-finite value",
             ));
         }
+        Ok(())
+    }
+
+    /// `[zeros, embedding]` `[2, 1, input_dim]` (L2-normalised with `normalise`).
+    fn face_features(
+        &self,
+        prompt: &IpAdapterPrompt,
+        normalise: bool,
+        device: &Device,
+    ) -> Result<Tensor<3>> {
+        let embedding = prompt.face_embedding.as_ref().ok_or_else(|| {
+            AvatarError::invalid(
+                "face_embedding",
+                format!("the {:?} adapter needs a face embedding", self.kind),
+            )
+        })?;
+        self.check_face_embedding(embedding)?;
         let mut values = embedding.clone();
         if normalise {
             let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();

@@ -32,17 +32,12 @@ const MAX_COORDINATE: f32 = 1.0e6;
 const XY_SHIFT: u32 = 16;
 const XY_ONE: i64 = 1 << XY_SHIFT;
 
-/// InstantID's `draw_kps(image, kps)` for a `width` x `height` image: the keypoint image its
-/// IdentityNet ControlNet is conditioned on, bit-exactly as OpenCV draws it, opaque.
-///
-/// `kps` are insightface's five face keypoints (left eye, right eye, nose, left and right mouth
-/// corners) in pixels; they may lie outside the image (what falls outside is clipped).
+/// Checks insightface keypoints: exactly five finite points within ±1e6 pixels.
 ///
 /// # Errors
 ///
-/// [`AvatarError::InvalidOption`] (`face_keypoints`) unless there are exactly five finite
-/// keypoints within ±1e6 pixels; (`size`) if a side is 0.
-pub fn draw_kps(width: u32, height: u32, kps: &[(f32, f32)]) -> Result<RgbaImage> {
+/// [`AvatarError::InvalidOption`] (`face_keypoints`) otherwise.
+pub fn check_keypoints(kps: &[(f32, f32)]) -> Result<()> {
     if kps.len() != 5 {
         return Err(AvatarError::invalid(
             "face_keypoints",
@@ -61,6 +56,21 @@ pub fn draw_kps(width: u32, height: u32, kps: &[(f32, f32)]) -> Result<RgbaImage
             format!("keypoint ({x}, {y}) is not a finite coordinate within ±1e6"),
         ));
     }
+    Ok(())
+}
+
+/// InstantID's `draw_kps(image, kps)` for a `width` x `height` image: the keypoint image its
+/// IdentityNet ControlNet is conditioned on, bit-exactly as OpenCV draws it, opaque.
+///
+/// `kps` are insightface's five face keypoints (left eye, right eye, nose, left and right mouth
+/// corners) in pixels; they may lie outside the image (what falls outside is clipped).
+///
+/// # Errors
+///
+/// [`AvatarError::InvalidOption`] (`face_keypoints`) unless there are exactly five finite
+/// keypoints within ±1e6 pixels; (`size`) if a side is 0.
+pub fn draw_kps(width: u32, height: u32, kps: &[(f32, f32)]) -> Result<RgbaImage> {
+    check_keypoints(kps)?;
     if width == 0 || height == 0 {
         return Err(AvatarError::invalid(
             "size",

@@ -11,6 +11,6 @@ mod tensor;
 pub use canny::{canny, canny_image, rgb_to_gray};
 pub use color::Color;
 pub use encode::{ImageFormat, encode, resize};
-pub use keypoints::draw_kps;
+pub use keypoints::{check_keypoints, draw_kps};
 pub use matte::{MatteOptions, composite_over, key_background};
 pub use tensor::{CLIP_MEAN, CLIP_STD, clip_normalize, rgb_to_tensor, tensor_to_rgba};

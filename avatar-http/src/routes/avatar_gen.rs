@@ -228,15 +228,6 @@ struct SpecSummary {
     safety_checker_type: Obfuscation,
 }
 
-fn obfuscation_name(how: Obfuscation) -> &'static str {
-    match how {
-        Obfuscation::Black => "black",
-        Obfuscation::Blur => "blur",
-        Obfuscation::Pixelate => "pixelate",
-        Obfuscation::SensitiveContentText => "sensitive_content_text",
-    }
-}
-
 /// An `f32` option as its shortest decimal (`0.3`, not `0.30000001192092896`).
 fn short(value: f32) -> f64 {
     value.to_string().parse().unwrap_or(f64::from(value))
@@ -261,7 +252,7 @@ fn meta(
         "outdir": "out",
         "prompt": options.prompt,
         "safety_checker": if safety.0 { "yes" } else { "no" },
-        "safety_checker_type": obfuscation_name(safety.1),
+        "safety_checker_type": safety.1,
         "samples": options.samples,
         "seed": options.seed,
         "temp": "no",

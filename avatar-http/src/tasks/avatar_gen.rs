@@ -107,14 +107,6 @@ impl Job<DiffusionApps> for AvatarGenJob {
                 (images, vec![false; n])
             }
         };
-        let controls: Vec<&str> = output
-            .controls_used
-            .iter()
-            .map(|c| match c {
-                avatar_core::diffusion::avatar_gen::ControlSelection::Pose => "pose",
-                avatar_core::diffusion::avatar_gen::ControlSelection::Canny => "canny",
-            })
-            .collect();
         for (index, image) in images.iter().enumerate() {
             let bytes = encode(image, ImageFormat::Png).map_err(|e| failed(&e))?;
             ctx.push_result(Artifact {
@@ -124,7 +116,7 @@ impl Job<DiffusionApps> for AvatarGenJob {
                     "seed": options.seed,
                     "index": index,
                     "nsfw_content_detected": flagged[index],
-                    "controlnets": controls,
+                    "controlnets": output.controls_used,
                     "width": image.width(),
                     "height": image.height(),
                 }),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, config, webhook_receiver};
+use crate::common::{TestServer, config, png_data_uri, webhook_receiver};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../avatar-core/tests/fixtures")
@@ -29,14 +29,7 @@ fn photo() -> String {
     let image = image::RgbaImage::from_fn(80, 96, |x, y| {
         image::Rgba([(x * 3 % 256) as u8, (y * 2 % 256) as u8, 120, 255])
     });
-    let mut png = Vec::new();
-    image::DynamicImage::ImageRgba8(image)
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(png)
-    )
+    png_data_uri(image)
 }
 
 fn request() -> Value {

@@ -246,3 +246,16 @@ pub async fn webhook_receiver(fail_first: usize) -> (String, Deliveries) {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (hook, received)
 }
+
+/// `image` as a `data:image/png;base64,...` URI (the inline image form the endpoints take).
+pub fn png_data_uri(image: image::RgbaImage) -> String {
+    use base64::Engine;
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgba8(image)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
+}

@@ -6,10 +6,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, config, webhook_receiver};
+use crate::common::{TestServer, config, png_data_uri, webhook_receiver};
 
 fn sd_config() -> avatar_http::Config {
     let mut config = config();
@@ -26,14 +25,7 @@ fn photo() -> String {
     let image = image::RgbaImage::from_fn(300, 200, |x, y| {
         image::Rgba([(x % 256) as u8, (y % 256) as u8, 120, 255])
     });
-    let mut png = Vec::new();
-    image::DynamicImage::ImageRgba8(image)
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(png)
-    )
+    png_data_uri(image)
 }
 
 async fn post(s: &TestServer, body: &Value) -> (u16, Value) {
@@ -236,14 +228,7 @@ async fn a_body_key_authenticates_requests_with_large_inline_images() {
         let [a, b, c, _] = state.to_le_bytes();
         image::Rgba([a, b, c, 255])
     });
-    let mut png = Vec::new();
-    image::DynamicImage::ImageRgba8(noise)
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    let image = format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(&png)
-    );
+    let image = png_data_uri(noise);
     assert!(
         image.len() > 200 * 1024,
         "the body must exceed the default limit"

@@ -4,10 +4,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, config};
+use crate::common::{TestServer, config, png_data_uri};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../avatar-core/tests/fixtures/vqgan_clip")
@@ -114,14 +113,7 @@ async fn textimg2img_starts_from_an_image_and_runs_can_be_cancelled() {
     let init = image::RgbaImage::from_fn(48, 40, |x, y| {
         image::Rgba([(x * 5) as u8, (y * 6) as u8, 90, 255])
     });
-    let mut png = Vec::new();
-    image::DynamicImage::ImageRgba8(init)
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    let data_uri = format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(&png)
-    );
+    let data_uri = png_data_uri(init);
     let started: Value = s
         .post_json(
             "/textimg2img",
