@@ -29,6 +29,19 @@ export declare class AvatarGenerator {
 }
 
 /**
+ * Background removal with a U²-Net (`u2net.pth`, `u2netp.pth`, `u2net_human_seg.pth` or a
+ * safetensors conversion), run as rembg runs it.
+ */
+export declare class BackgroundRemover {
+  /** Loads U²-Net weights on `device`; the network runs at `inputSize` squared (default 320). */
+  constructor(model: string, device?: string | undefined | null, inputSize?: number | undefined | null)
+  /** The subject's mask of an encoded image, as a grey PNG of its size (255 = subject). */
+  mask(image: Buffer): Promise<Buffer>
+  /** The encoded image with its background transparent, as RGBA PNG (colours kept). */
+  remove(image: Buffer): Promise<Buffer>
+}
+
+/**
  * InstantID avatars (seed 002): SDXL with InstantID's face adapter and IdentityNet, and
  * optional pose / canny ControlNets.
  */
@@ -104,6 +117,11 @@ export interface AdapterFiles {
   controlnets?: Array<string>
   /** diffusers' `safety_checker/` folder (used by `safetyChecker: true`). */
   safetyChecker?: string
+  /**
+   * U²-Net weights (`u2net.pth`, `u2netp.pth`, ... or safetensors) for `faceAvatar`'s
+   * `removeBackground` (without them, plain backgrounds are keyed).
+   */
+  backgroundModel?: string
 }
 
 /** Options of an InstantID request (seed 002's names, camelCase). */
@@ -198,7 +216,7 @@ export interface FaceAvatarOptions {
   negativePrompt?: string
   /** How much of the reference is redrawn (0-1, default 0.6). */
   strength?: number
-  /** Key out the plain background. */
+  /** Make the background transparent (the constructor's `backgroundModel`, else keying). */
   removeBackground?: boolean
   /** Composite onto this colour (`#rrggbb`). */
   bgColor?: string

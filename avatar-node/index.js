@@ -779,6 +779,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.AvatarGenerator = nativeBinding.AvatarGenerator
+module.exports.BackgroundRemover = nativeBinding.BackgroundRemover
 module.exports.InstantId = nativeBinding.InstantId
 module.exports.SafetyChecker = nativeBinding.SafetyChecker
 module.exports.StableDiffusion = nativeBinding.StableDiffusion

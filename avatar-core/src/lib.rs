@@ -7,6 +7,7 @@
 //!   trained RGBA models shipped in the crate), with training under the `train` feature.
 //! - [`diffusion`]: Stable Diffusion 1.5 / SDXL text-to-image and image-to-image.
 //! - [`vqgan_clip`]: VQGAN+CLIP optimisation from text and image prompts, with progress.
+//! - [`segmentation`]: background removal with U²-Net (rembg's models) or plain-background keying.
 //! - [`AvatarGenerator`]: the high-level API (seeds, transparency, colours, sizes, formats).
 //!
 //! ```no_run
@@ -25,6 +26,7 @@ pub mod embedded;
 pub mod error;
 pub mod imaging;
 pub mod seed;
+pub mod segmentation;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod vqgan_clip;

@@ -359,10 +359,11 @@ fn face_avatars_keep_the_face_through_a_loaded_adapter() {
         200,
         image::imageops::FilterType::Triangle,
     );
-    let draw = |scale| face_avatars(&sd, &photo, &options(scale), |_| true).unwrap();
+    let draw =
+        |scale| face_avatars(&sd, &photo, &options(scale), &Default::default(), |_| true).unwrap();
     let (without, with) = (draw(0.0), draw(1.0));
     assert_eq!(with[0].dimensions(), (256, 256));
     assert_ne!(without[0], with[0], "the adapter steers the drawing");
-    let err = face_avatars(&sd, &photo, &options(2.5), |_| true).unwrap_err();
+    let err = face_avatars(&sd, &photo, &options(2.5), &Default::default(), |_| true).unwrap_err();
     assert_eq!(err.field(), Some("ip_adapter_scale"));
 }

@@ -147,6 +147,11 @@ pub struct Config {
     /// What replaces a flagged image: black, blur, pixelate or sensitive_content_text.
     #[arg(long, env = "AVATAR_SAFETY_CHECKER_TYPE", default_value = "black", value_parser = parse_obfuscation)]
     pub safety_checker_type: avatar_core::diffusion::safety_checker::Obfuscation,
+    /// U²-Net weights (`u2net.pth`, `u2netp.pth`, `u2net_human_seg.pth` or a safetensors
+    /// conversion) for seed 001's `remove_background`: the subject is cut out of any background.
+    /// Without it, plain backgrounds are keyed.
+    #[arg(long, env = "AVATAR_BACKGROUND_MODEL")]
+    pub background_model: Option<PathBuf>,
     /// An IP-Adapter file (`.bin` / `.safetensors`) for the `default` model: seed 003's
     /// `reference_image` then keeps the character through the adapter instead of image-to-image.
     #[arg(long, env = "AVATAR_SD_IP_ADAPTER")]

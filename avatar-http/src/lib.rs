@@ -272,6 +272,7 @@ impl Server {
                     .map(|dir| (dir, config.safety_checker_type)),
                 ip_adapter: config.ip_adapter_paths(),
                 instant_id: config.instantid_paths()?,
+                background_model: config.background_model.clone(),
             };
             let device = config.device;
             tokio::task::spawn_blocking(move || DiffusionApps::load(&setup, device)).await??

@@ -479,6 +479,9 @@ pub struct AdapterFiles {
     pub controlnets: Option<Vec<String>>,
     /// diffusers' `safety_checker/` folder (used by `safetyChecker: true`).
     pub safety_checker: Option<String>,
+    /// U²-Net weights (`u2net.pth`, `u2netp.pth`, ... or safetensors) for `faceAvatar`'s
+    /// `removeBackground` (without them, plain backgrounds are keyed).
+    pub background_model: Option<String>,
 }
 
 fn adapter_prompts(
@@ -529,6 +532,7 @@ fn control_prompts(
 pub struct StableDiffusion {
     inner: Arc<avatar_core::diffusion::pipeline::StableDiffusion>,
     safety: Option<Arc<avatar_core::diffusion::safety_checker::SafetyFilter>>,
+    background: avatar_core::segmentation::BackgroundRemoval,
 }
 
 /// The safety filter a task applies (`safetyChecker: true`) with its `safetyCheckerType`.
@@ -582,6 +586,7 @@ enum DiffusionWork {
         Arc<avatar_core::diffusion::pipeline::StableDiffusion>,
         image::RgbaImage,
         Box<avatar_core::diffusion::face_avatar::FaceAvatarOptions>,
+        avatar_core::segmentation::BackgroundRemoval,
     ),
 }
 
@@ -613,8 +618,10 @@ impl Task for DiffusionTask {
             DiffusionWork::Image(pipeline, image, strength) => {
                 pipeline.image_to_image(image, *strength, &self.options, report)
             }
-            DiffusionWork::Face(pipeline, image, options) => {
-                avatar_core::diffusion::face_avatar::face_avatars(pipeline, image, options, report)
+            DiffusionWork::Face(pipeline, image, options, background) => {
+                avatar_core::diffusion::face_avatar::face_avatars(
+                    pipeline, image, options, background, report,
+                )
             }
             DiffusionWork::Text(pipeline) => pipeline.text_to_image(&self.options, report),
             DiffusionWork::Avatar(model, work) => {
@@ -686,12 +693,22 @@ impl StableDiffusion {
                     )
                 })
                 .transpose()?;
-            Ok((pipeline, safety))
+            let background = match adapters.background_model.as_deref() {
+                Some(file) => avatar_core::segmentation::BackgroundRemoval::Segmentation(Arc::new(
+                    avatar_core::segmentation::BackgroundRemover::load(
+                        std::path::Path::new(file),
+                        &spec.device()?,
+                    )?,
+                )),
+                None => Default::default(),
+            };
+            Ok((pipeline, safety, background))
         };
-        let (inner, safety) = load().map_err(|e| sync_error(&env, e))?;
+        let (inner, safety, background) = load().map_err(|e| sync_error(&env, e))?;
         Ok(StableDiffusion {
             inner: Arc::new(inner),
             safety: safety.map(Arc::new),
+            background,
         })
     }
 
@@ -806,7 +823,12 @@ impl StableDiffusion {
         let task = DiffusionTask {
             safety: core.2,
             options: Default::default(),
-            work: DiffusionWork::Face(self.inner.clone(), core.0, Box::new(core.1)),
+            work: DiffusionWork::Face(
+                self.inner.clone(),
+                core.0,
+                Box::new(core.1),
+                self.background.clone(),
+            ),
             cancelled: Arc::default(),
             progress: on_progress,
         };
@@ -1235,7 +1257,7 @@ pub struct FaceAvatarOptions {
     pub negative_prompt: Option<String>,
     /// How much of the reference is redrawn (0-1, default 0.6).
     pub strength: Option<f64>,
-    /// Key out the plain background.
+    /// Make the background transparent (the constructor's `backgroundModel`, else keying).
     pub remove_background: Option<bool>,
     /// Composite onto this colour (`#rrggbb`).
     pub bg_color: Option<String>,
@@ -1399,4 +1421,113 @@ pub fn mime_type(env: Env, format: Option<String>) -> napi::Result<String> {
         .parse()
         .map_err(|e| sync_error(&env, e))?;
     Ok(format.mime().to_string())
+}
+
+/// Background removal with a U²-Net (`u2net.pth`, `u2netp.pth`, `u2net_human_seg.pth` or a
+/// safetensors conversion), run as rembg runs it.
+#[napi]
+pub struct BackgroundRemover {
+    inner: Arc<avatar_core::segmentation::BackgroundRemover>,
+}
+
+/// What a [`BackgroundTask`] returns.
+#[derive(Clone, Copy)]
+enum BackgroundOutput {
+    /// The mask as an 8-bit grey PNG.
+    Mask,
+    /// The RGBA cut-out as PNG.
+    Cutout,
+}
+
+/// A background removal on the libuv pool.
+pub struct BackgroundTask {
+    remover: Arc<avatar_core::segmentation::BackgroundRemover>,
+    image: image::RgbaImage,
+    output: BackgroundOutput,
+}
+
+impl Task for BackgroundTask {
+    type Output = Result<Vec<u8>, AvatarError>;
+    type JsValue = Buffer;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        Ok(match self.output {
+            BackgroundOutput::Mask => self.remover.mask(&self.image).and_then(|mask| {
+                let mut png = Vec::new();
+                image::DynamicImage::ImageLuma8(mask)
+                    .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                    .map_err(|e| AvatarError::Image(e.to_string()))?;
+                Ok(png)
+            }),
+            BackgroundOutput::Cutout => self
+                .remover
+                .remove(&self.image)
+                .and_then(|cut| avatar_core::imaging::encode(&cut, ImageFormat::Png)),
+        })
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> napi::Result<Self::JsValue> {
+        output.map(Buffer::from).map_err(|e| throwable(&env, &e))
+    }
+}
+
+#[napi]
+impl BackgroundRemover {
+    /// Loads U²-Net weights on `device`; the network runs at `inputSize` squared (default 320).
+    #[napi(constructor)]
+    pub fn new(
+        env: Env,
+        model: String,
+        device: Option<String>,
+        input_size: Option<u32>,
+    ) -> napi::Result<Self> {
+        let load = || -> Result<_, AvatarError> {
+            let spec: DeviceSpec = device.as_deref().unwrap_or("cpu").parse()?;
+            let remover = avatar_core::segmentation::BackgroundRemover::load(
+                std::path::Path::new(&model),
+                &spec.device()?,
+            )?;
+            match input_size {
+                Some(size) => remover.with_input_size(size).map_err(|e| match e {
+                    AvatarError::InvalidOption { message, .. } => {
+                        AvatarError::invalid("inputSize", message)
+                    }
+                    other => other,
+                }),
+                None => Ok(remover),
+            }
+        };
+        let inner = load().map_err(|e| sync_error(&env, e))?;
+        Ok(BackgroundRemover {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The subject's mask of an encoded image, as a grey PNG of its size (255 = subject).
+    #[napi(ts_return_type = "Promise<Buffer>")]
+    pub fn mask(&self, env: Env, image: Buffer) -> napi::Result<AsyncTask<BackgroundTask>> {
+        self.task(env, image, BackgroundOutput::Mask)
+    }
+
+    /// The encoded image with its background transparent, as RGBA PNG (colours kept).
+    #[napi(ts_return_type = "Promise<Buffer>")]
+    pub fn remove(&self, env: Env, image: Buffer) -> napi::Result<AsyncTask<BackgroundTask>> {
+        self.task(env, image, BackgroundOutput::Cutout)
+    }
+}
+
+impl BackgroundRemover {
+    fn task(
+        &self,
+        env: Env,
+        image: Buffer,
+        output: BackgroundOutput,
+    ) -> napi::Result<AsyncTask<BackgroundTask>> {
+        let image = decode_image("image", &image).map_err(|e| sync_error(&env, e))?;
+        Ok(AsyncTask::new(BackgroundTask {
+            remover: self.inner.clone(),
+            image,
+            output,
+        }))
+    }
 }

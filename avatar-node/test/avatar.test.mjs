@@ -195,6 +195,24 @@ test('SafetyChecker checks encoded images and obfuscates them', async () => {
   assert.throws(() => new avatar.SafetyChecker('/nonexistent'), (e) => e.code === 'ERR_IO');
 });
 
+test('BackgroundRemover cuts the subject out; faceAvatar uses it for removeBackground', async () => {
+  const fixtures = new URL('../../avatar-core/tests/fixtures/', import.meta.url).pathname;
+  const fs = await import('node:fs');
+  const weights = `${fixtures}segmentation/u2net_tiny.pth`;
+  const remover = new avatar.BackgroundRemover(weights, 'cpu', 64);
+  const figure = fs.readFileSync(`${fixtures}segmentation/figure.png`);
+  assert.deepEqual(pngInfo(await remover.mask(figure)), { width: 90, height: 70, colorType: 0 });
+  assert.deepEqual(pngInfo(await remover.remove(figure)), { width: 90, height: 70, colorType: 6 });
+  assert.throws(() => new avatar.BackgroundRemover(weights, 'cpu', 8), (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'inputSize');
+  assert.throws(() => new avatar.BackgroundRemover(`${fixtures}safety_checker/model.safetensors`), (e) => e.code === 'ERR_WEIGHTS');
+  assert.throws(() => remover.remove(Buffer.from('x')), (e) => e.field === 'image');
+
+  const model = `${fixtures}diffusion/sd15_tiny`;
+  const pipe = new avatar.StableDiffusion(model, 'cpu', { backgroundModel: weights });
+  const [image] = await pipe.faceAvatar({ image: figure, width: 256, height: 256, numInferenceSteps: 1, guidanceScale: 1, seed: 3, removeBackground: true });
+  assert.deepEqual(pngInfo(image), { width: 256, height: 256, colorType: 6 });
+});
+
 test('StableDiffusion takes IP-Adapters and ControlNets; InstantId draws seed 002 avatars', async () => {
   const fixtures = new URL('../../avatar-core/tests/fixtures/', import.meta.url).pathname;
   const fs = await import('node:fs');

@@ -299,6 +299,7 @@ impl AvatarGenerator {
 struct StableDiffusion {
     inner: avatar_core::diffusion::pipeline::StableDiffusion,
     safety: Option<avatar_core::diffusion::safety_checker::SafetyFilter>,
+    background: avatar_core::segmentation::BackgroundRemoval,
 }
 
 impl StableDiffusion {
@@ -510,7 +511,8 @@ fn controlnet_prompts(
 #[pymethods]
 impl StableDiffusion {
     #[new]
-    #[pyo3(signature = (model, device = "cpu", ip_adapters = None, image_encoder = None, controlnets = None, safety_checker = None))]
+    #[pyo3(signature = (model, device = "cpu", ip_adapters = None, image_encoder = None, controlnets = None, safety_checker = None, background_model = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         model: std::path::PathBuf,
@@ -519,9 +521,10 @@ impl StableDiffusion {
         image_encoder: Option<std::path::PathBuf>,
         controlnets: Option<Vec<std::path::PathBuf>>,
         safety_checker: Option<std::path::PathBuf>,
+        background_model: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
-        let (inner, safety) = py
+        let (inner, safety, background) = py
             .detach(|| {
                 let device = spec.device()?;
                 let mut pipeline =
@@ -546,10 +549,22 @@ impl StableDiffusion {
                         )
                     })
                     .transpose()?;
-                Ok::<_, AvatarError>((pipeline, safety))
+                let background = match background_model {
+                    Some(path) => avatar_core::segmentation::BackgroundRemoval::Segmentation(
+                        std::sync::Arc::new(avatar_core::segmentation::BackgroundRemover::load(
+                            &path, &device,
+                        )?),
+                    ),
+                    None => Default::default(),
+                };
+                Ok::<_, AvatarError>((pipeline, safety, background))
             })
             .map_err(to_py_err)?;
-        Ok(StableDiffusion { inner, safety })
+        Ok(StableDiffusion {
+            inner,
+            safety,
+            background,
+        })
     }
 
     /// Whether the pipeline is SDXL.
@@ -704,6 +719,7 @@ impl StableDiffusion {
                 &self.inner,
                 &reference,
                 &options,
+                &self.background,
                 report,
             )
         })?;
@@ -1022,6 +1038,58 @@ impl SafetyChecker {
     }
 }
 
+/// Background removal with a U²-Net (`u2net.pth`, `u2netp.pth`, `u2net_human_seg.pth` or a
+/// safetensors conversion), run as rembg runs it.
+#[pyclass(frozen, module = "avatar")]
+struct BackgroundRemover {
+    inner: avatar_core::segmentation::BackgroundRemover,
+}
+
+#[pymethods]
+impl BackgroundRemover {
+    #[new]
+    #[pyo3(signature = (model, device = "cpu", input_size = 320))]
+    fn new(
+        py: Python<'_>,
+        model: std::path::PathBuf,
+        device: &str,
+        input_size: u32,
+    ) -> PyResult<Self> {
+        let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
+        py.detach(|| {
+            let inner =
+                avatar_core::segmentation::BackgroundRemover::load(&model, &spec.device()?)?
+                    .with_input_size(input_size)?;
+            Ok(BackgroundRemover { inner })
+        })
+        .map_err(to_py_err)
+    }
+
+    /// The subject's mask (`PIL.Image.Image`, mode `L`, the image's size; 255 = subject).
+    fn mask<'py>(&self, py: Python<'py>, image: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let image = from_pil("image", &image)?;
+        let mask = py.detach(|| self.inner.mask(&image)).map_err(to_py_err)?;
+        let (width, height) = mask.dimensions();
+        py.import("PIL.Image")?.call_method1(
+            "frombytes",
+            ("L", (width, height), PyBytes::new(py, mask.as_raw())),
+        )
+    }
+
+    /// `image` (RGBA) with the background transparent; colours kept, alpha = mask x alpha.
+    fn remove<'py>(
+        &self,
+        py: Python<'py>,
+        image: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let image = from_pil("image", &image)?;
+        to_pil(
+            py,
+            py.detach(|| self.inner.remove(&image)).map_err(to_py_err)?,
+        )
+    }
+}
+
 /// The `avatar._native` extension module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -1030,6 +1098,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<InstantID>()?;
     m.add_class::<VqganClip>()?;
     m.add_class::<SafetyChecker>()?;
+    m.add_class::<BackgroundRemover>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_BATCH", avatar_core::avatar::MAX_BATCH_WITH_PROGRESS)?;
     Ok(())

@@ -355,3 +355,32 @@ def test_safety_checker_option_flags_and_replaces() -> None:
     with pytest.raises(avatar.InvalidOptionError) as info:
         avatar.StableDiffusion(TINY_SD).text_to_image("x", num_inference_steps=1, safety_checker=True)
     assert info.value.field == "safety_checker"
+
+
+U2NET = FIXTURES / "segmentation"
+
+
+def test_background_remover_follows_rembg_and_serves_face_avatars() -> None:
+    remover = avatar.BackgroundRemover(U2NET / "u2net_tiny.pth", input_size=64)
+    figure = Image.open(U2NET / "figure.png")
+    mask = remover.mask(figure)
+    assert mask.mode == "L" and mask.size == figure.size
+    reference = np.asarray(Image.open(U2NET / "figure_mask.png"), dtype=np.int32)
+    assert np.abs(np.asarray(mask, dtype=np.int32) - reference).max() <= 2
+    cut = remover.remove(figure)
+    assert cut.mode == "RGBA"
+    assert np.array_equal(np.asarray(cut)[:, :, 3], np.asarray(mask))
+    assert np.array_equal(np.asarray(cut)[:, :, :3], np.asarray(figure.convert("RGB")))
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        avatar.BackgroundRemover(U2NET / "u2net_tiny.pth", input_size=8)
+    assert info.value.field == "input_size"
+    with pytest.raises(avatar.WeightsError):
+        avatar.BackgroundRemover(SAFETY / "model.safetensors")
+
+    pipe = avatar.StableDiffusion(TINY_SD, background_model=U2NET / "u2net_tiny.pth")
+    [image] = pipe.face_avatar(Image.new("RGB", (300, 200), (200, 120, 90)), width=256, height=256,
+                               num_inference_steps=1, guidance_scale=1.0, seed=4, remove_background=True)
+    opaque = image.copy()
+    opaque.putalpha(255)
+    full_size = avatar.BackgroundRemover(U2NET / "u2net_tiny.pth")
+    assert np.array_equal(np.asarray(image)[:, :, 3], np.asarray(full_size.mask(opaque)))

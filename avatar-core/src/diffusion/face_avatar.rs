@@ -13,8 +13,9 @@ use super::ip_adapter::IpAdapterPrompt;
 use super::pipeline::{StableDiffusion, TextToImageOptions};
 use crate::avatar::Progress;
 use crate::error::{AvatarError, Result};
-use crate::imaging::{Color, MatteOptions, composite_over, key_background};
+use crate::imaging::{Color, composite_over};
 use crate::seed::Seed;
+use crate::segmentation::BackgroundRemoval;
 
 /// The seed's default prompt; `{gender_word}` is filled from `gender`.
 pub const DEFAULT_PROMPT: &str = "SFW Content, black plain background, joyous dating profile, \
@@ -57,9 +58,10 @@ pub struct FaceAvatarOptions {
     pub guidance_scale: f64,
     /// How much of the reference is redrawn (0, 1].
     pub strength: f64,
-    /// Key out the plain background (transparent).
+    /// Make the background transparent (with the caller's [`BackgroundRemoval`]: a U²-Net when
+    /// one is loaded, else keying of the plain background).
     pub remove_background: bool,
-    /// Composite onto this colour (`#rrggbb`), after keying when both are set.
+    /// Composite onto this colour (`#rrggbb`), after the removal when both are set.
     pub bg_color: Option<String>,
     /// Seed of the noise (the batch uses consecutive draws of its stream).
     pub seed: u64,
@@ -208,11 +210,16 @@ pub fn fit_reference(image: RgbaImage) -> RgbaImage {
     image::imageops::resize(&image, nw, nh, image::imageops::FilterType::Lanczos3)
 }
 
-/// Keys out the plain background and/or composites onto `bg_color`, as the options ask.
-pub fn finish_background(image: RgbaImage, options: &FaceAvatarOptions) -> Result<RgbaImage> {
+/// Removes the background (`removal`: keying or a segmentation model) and/or composites onto
+/// `bg_color`, as the options ask.
+pub fn finish_background(
+    image: RgbaImage,
+    options: &FaceAvatarOptions,
+    removal: &BackgroundRemoval,
+) -> Result<RgbaImage> {
     let mut image = image;
     if options.remove_background {
-        image = key_background(&image, MatteOptions::default());
+        image = removal.apply(&image)?;
     }
     if let Some(color) = &options.bg_color {
         image = composite_over(&image, color.parse::<Color>()?);
@@ -221,11 +228,13 @@ pub fn finish_background(image: RgbaImage, options: &FaceAvatarOptions) -> Resul
 }
 
 /// Draws `options.batch` avatars from `reference` (any size; fitted, then resized to the
-/// output size). `progress` is called after every denoising step; returning `false` cancels.
+/// output size); `remove_background` uses `removal`. `progress` is called after every denoising
+/// step; returning `false` cancels.
 pub fn face_avatars(
     pipeline: &StableDiffusion,
     reference: &RgbaImage,
     options: &FaceAvatarOptions,
+    removal: &BackgroundRemoval,
     progress: impl FnMut(Progress) -> bool,
 ) -> Result<Vec<RgbaImage>> {
     options.validate()?;
@@ -256,7 +265,7 @@ pub fn face_avatars(
     pipeline
         .image_to_image(&start, options.strength, &diffusion, progress)?
         .into_iter()
-        .map(|image| finish_background(image, options))
+        .map(|image| finish_background(image, options, removal))
         .collect()
 }
 
@@ -411,6 +420,7 @@ mod tests {
                 remove_background: true,
                 ..Default::default()
             },
+            &BackgroundRemoval::default(),
         )
         .unwrap();
         assert_eq!(keyed.get_pixel(2, 2)[3], 0, "the background is transparent");
@@ -422,6 +432,7 @@ mod tests {
                 bg_color: Some("#ff0000".into()),
                 ..Default::default()
             },
+            &BackgroundRemoval::default(),
         )
         .unwrap();
         assert_eq!(recoloured.get_pixel(2, 2).0, [255, 0, 0, 255]);

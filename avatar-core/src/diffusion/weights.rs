@@ -73,14 +73,41 @@ pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
     Ok(metadata.tensors().keys().cloned().collect())
 }
 
+/// Whether `path` names a safetensors file (by its extension); anything else is read as a
+/// PyTorch pickle.
+pub fn is_safetensors(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+}
+
+/// The shape of every tensor in a safetensors file or a PyTorch pickle, without reading the data
+/// (for inferring a model's widths before building it).
+pub fn tensor_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
+    let label = path.display();
+    if is_safetensors(path) {
+        let bytes = std::fs::read(path).map_err(|e| AvatarError::io(path, e))?;
+        let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| AvatarError::Weights(format!("{label}: not a safetensors file: {e}")))?;
+        return Ok(metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| (name, info.shape.clone()))
+            .collect());
+    }
+    let reader = burn::store::pytorch::PytorchReader::new(path)
+        .map_err(|e| AvatarError::Weights(format!("{label}: not a PyTorch checkpoint: {e}")))?;
+    Ok(reader
+        .into_tensors()
+        .into_iter()
+        .map(|(name, tensor)| (name, tensor.shape().to_vec()))
+        .collect())
+}
+
 /// Every tensor of a safetensors file or a PyTorch pickle (`.bin`, `.pt`, `.pth`, `.ckpt`; nested
 /// dicts flattened with `.`), by name, in its stored float dtype.
 pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, RawTensor>> {
-    let is_safetensors = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     let label = path.display();
-    if is_safetensors {
+    if is_safetensors(path) {
         let bytes = std::fs::read(path).map_err(|e| AvatarError::io(path, e))?;
         let file = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| AvatarError::Weights(format!("{label}: not a safetensors file: {e}")))?;
@@ -150,6 +177,16 @@ pub fn load_strict_bytes<M: Module>(
         label,
         keys,
     )
+}
+
+/// [`load_strict`] for a safetensors file, [`load_strict_pytorch`] (a flat state dict) for
+/// anything else.
+pub fn load_strict_any<M: Module>(module: M, path: &Path, keys: &KeyMap) -> Result<M> {
+    if is_safetensors(path) {
+        load_strict(module, path, keys)
+    } else {
+        load_strict_pytorch(module, path, None, keys)
+    }
 }
 
 fn apply_strict<M: Module>(

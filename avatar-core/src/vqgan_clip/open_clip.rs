@@ -17,7 +17,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor};
 use serde::Deserialize;
 
-use crate::diffusion::weights::{KeyMap, load_strict, load_strict_pytorch};
+use crate::diffusion::weights::{KeyMap, load_strict_any};
 use crate::error::{AvatarError, Result};
 
 pub use crate::imaging::{CLIP_MEAN, CLIP_STD};
@@ -362,14 +362,7 @@ impl OpenClip {
             .ignore("input_resolution")
             .ignore("context_length")
             .ignore("vocab_size");
-        let is_safetensors = weights
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-        if is_safetensors {
-            load_strict(model, weights, &keys)
-        } else {
-            load_strict_pytorch(model, weights, None, &keys)
-        }
+        load_strict_any(model, weights, &keys)
     }
 
     /// Side of the images `encode_image` takes.

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::diffusion::resnet::{
     Downsample2D, ResnetBlock2D, Upsample2D, conv1x1, conv3x3, group_norm,
 };
-use crate::diffusion::weights::{KeyMap, load_strict, load_strict_pytorch};
+use crate::diffusion::weights::{KeyMap, is_safetensors, load_strict, load_strict_pytorch};
 use crate::error::{AvatarError, Result};
 
 /// taming's `Normalize`: GroupNorm(32, eps 1e-6).
@@ -495,10 +495,7 @@ impl VqModel {
         let keys = KeyMap::default()
             .remap(r"\.nin_shortcut\.", ".conv_shortcut.")
             .ignore_prefix("loss.");
-        let is_safetensors = weights
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-        if is_safetensors {
+        if is_safetensors(weights) {
             return load_strict(model, weights, &keys);
         }
         if !weights.is_file() {

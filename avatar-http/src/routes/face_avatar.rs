@@ -4,6 +4,7 @@
 //! task status API. Every answer has the seed's shape `{time_required, error, error_data, input,
 //! output, app_id, task_id, status}`; `GET /models` lists the configured models.
 
+use avatar_core::segmentation::BackgroundRemoval;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -416,7 +417,7 @@ pub async fn task_status(
 
 /// The configured models.
 #[utoipa::path(get, path = "/models", tag = "service",
-    responses((status = 200, description = "`{dcgan, diffusion: [{app_id, xl}], vqgan_clip}`", body = Object)))]
+    responses((status = 200, description = "`{dcgan, diffusion: [{app_id, xl}], text_to_image, instant_id, safety_checker, background_removal, vqgan_clip}`", body = Object)))]
 pub async fn models(State(app): State<AppState>) -> Json<Value> {
     let diffusion: Vec<Value> = app
         .diffusion
@@ -427,6 +428,12 @@ pub async fn models(State(app): State<AppState>) -> Json<Value> {
         "dcgan": avatar_core::ModelSize::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
         "diffusion": diffusion,
         "text_to_image": app.scenes.is_some(),
+        "instant_id": app.diffusion.instant_id().is_some(),
+        "safety_checker": app.diffusion.safety().is_some(),
+        "background_removal": match app.diffusion.background() {
+            BackgroundRemoval::Keying(_) => "keying",
+            BackgroundRemoval::Segmentation(_) => "u2net",
+        },
         "vqgan_clip": app.vqgan.is_some(),
     }))
 }

@@ -10,6 +10,7 @@ use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, face_avatars};
 use avatar_core::diffusion::pipeline::StableDiffusion;
 use avatar_core::diffusion::safety_checker::{Obfuscation, SafetyFilter};
 use avatar_core::imaging::{ImageFormat, encode};
+use avatar_core::segmentation::{BackgroundRemoval, BackgroundRemover};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
@@ -20,14 +21,15 @@ pub const KIND: &str = "diffusion.face_avatar";
 /// The lane name.
 pub const LANE: &str = "diffusion";
 
-/// The configured Stable Diffusion pipelines by `app_id`, the safety checker and InstantID
-/// (loaded once, shared by every lane and route).
+/// The configured Stable Diffusion pipelines by `app_id`, the safety checker, InstantID and the
+/// background removal (loaded once, shared by every lane and route).
 #[derive(Debug, Clone, Default)]
-pub struct DiffusionApps(
-    Arc<BTreeMap<String, Arc<StableDiffusion>>>,
-    Option<Arc<SafetyFilter>>,
-    Option<Arc<InstantId>>,
-);
+pub struct DiffusionApps {
+    apps: Arc<BTreeMap<String, Arc<StableDiffusion>>>,
+    safety: Option<Arc<SafetyFilter>>,
+    instant_id: Option<Arc<InstantId>>,
+    background: BackgroundRemoval,
+}
 
 /// What [`DiffusionApps::load`] loads.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +42,8 @@ pub struct DiffusionSetup {
     pub ip_adapter: Option<crate::config::IpAdapterPaths>,
     /// InstantID (seed 002).
     pub instant_id: Option<crate::config::InstantIdPaths>,
+    /// U²-Net weights for `remove_background` (else plain backgrounds are keyed).
+    pub background_model: Option<std::path::PathBuf>,
 }
 
 impl DiffusionApps {
@@ -88,37 +92,54 @@ impl DiffusionApps {
             )),
             None => None,
         };
-        Ok(DiffusionApps(Arc::new(loaded), safety, instant_id))
+        let background = match &setup.background_model {
+            Some(path) => BackgroundRemoval::Segmentation(Arc::new(
+                BackgroundRemover::load(path, &device)
+                    .map_err(|e| format!("background model ({}): {e}", path.display()))?,
+            )),
+            None => BackgroundRemoval::default(),
+        };
+        Ok(DiffusionApps {
+            apps: Arc::new(loaded),
+            safety,
+            instant_id,
+            background,
+        })
     }
 
     /// InstantID, when configured (`--instantid-model`).
     pub fn instant_id(&self) -> Option<&Arc<InstantId>> {
-        self.2.as_ref()
+        self.instant_id.as_ref()
     }
 
     /// The pipeline of `app_id`.
     pub fn get(&self, app_id: &str) -> Option<&Arc<StableDiffusion>> {
-        self.0.get(app_id)
+        self.apps.get(app_id)
     }
 
     /// The safety checker, when configured (`--safety-checker`).
     pub fn safety(&self) -> Option<&Arc<SafetyFilter>> {
-        self.1.as_ref()
+        self.safety.as_ref()
+    }
+
+    /// How `remove_background` works: the U²-Net of `--background-model`, else keying.
+    pub fn background(&self) -> &BackgroundRemoval {
+        &self.background
     }
 
     /// The configured ids, sorted.
     pub fn ids(&self) -> Vec<String> {
-        self.0.keys().cloned().collect()
+        self.apps.keys().cloned().collect()
     }
 
     /// Every pipeline by id.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<StableDiffusion>)> {
-        self.0.iter()
+        self.apps.iter()
     }
 
     /// Whether no model is configured (neither Stable Diffusion apps nor InstantID).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty() && self.2.is_none()
+        self.apps.is_empty() && self.instant_id.is_none()
     }
 }
 
@@ -188,7 +209,7 @@ impl Job<DiffusionApps> for FaceAvatarJob {
         })?;
         let reference = decode_png(&self.spec.reference_png).map_err(|e| failed(&e))?;
         let options = &self.spec.options;
-        let images = face_avatars(pipeline, &reference, options, |p| {
+        let images = face_avatars(pipeline, &reference, options, apps.background(), |p| {
             ctx.progress(p.done as u32, p.total as u32);
             !ctx.is_cancelled()
         })

@@ -245,3 +245,32 @@ async fn a_body_key_authenticates_requests_with_large_inline_images() {
     assert_eq!(status, 401);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remove_background_cuts_out_with_the_configured_u2net() {
+    let weights = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../avatar-core/tests/fixtures/segmentation/u2net_tiny.pth");
+    let mut config = sd_config();
+    config.background_model = Some(weights.clone());
+    let s = TestServer::start(config).await;
+    let models: Value = s.get("/models").await.json().await.unwrap();
+    assert_eq!(models["background_removal"], "u2net");
+    let (status, answer) = post(
+        &s,
+        &json!({"app_id": "default", "image": photo(), "width": 256, "height": 256,
+                "num_inference_steps": 1, "guidance_scale": 1, "seed": 3,
+                "remove_background": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let cut = image_at(&s, answer["output"][0].as_str().unwrap()).await;
+    // The colours are kept (straight alpha) and the alpha is exactly the U²-Net's mask of them.
+    let mut opaque = cut.clone();
+    opaque.pixels_mut().for_each(|p| p[3] = 255);
+    let device = avatar_core::DeviceSpec::Cpu.device().unwrap();
+    let remover = avatar_core::segmentation::BackgroundRemover::load(&weights, &device).unwrap();
+    let mask = remover.mask(&opaque).unwrap();
+    assert!(cut.pixels().zip(mask.pixels()).all(|(c, m)| c[3] == m[0]));
+    assert!(cut.pixels().any(|p| p[3] < 128) && cut.pixels().any(|p| p[3] > 128));
+    s.stop().await;
+}

@@ -13,13 +13,23 @@ from ._errors import (
     InvalidOptionError,
     WeightsError,
 )
-from ._native import MAX_BATCH, AvatarGenerator, InstantID, SafetyChecker, StableDiffusion, VqganClip, __version__
+from ._native import (
+    MAX_BATCH,
+    AvatarGenerator,
+    BackgroundRemover,
+    InstantID,
+    SafetyChecker,
+    StableDiffusion,
+    VqganClip,
+    __version__,
+)
 
 __all__ = [
     "MAX_BATCH",
     "AvatarError",
     "AvatarGenerator",
     "AvatarIOError",
+    "BackgroundRemover",
     "BackendNotCompiledError",
     "CancelledError",
     "InstantID",

@@ -85,10 +85,12 @@ class StableDiffusion:
         image_encoder: Optional[Union[str, PathLike[str]]] = None,
         controlnets: Optional[List[Union[str, PathLike[str]]]] = None,
         safety_checker: Optional[Union[str, PathLike[str]]] = None,
+        background_model: Optional[Union[str, PathLike[str]]] = None,
     ) -> None:
         """Loads the diffusers folder `model`, then IP-Adapter files (`.bin`/`.safetensors`;
-        image adapters need the CLIP `image_encoder` folder), ControlNet folders and diffusers'
-        `safety_checker/` folder (used by `safety_checker=True`)."""
+        image adapters need the CLIP `image_encoder` folder), ControlNet folders, diffusers'
+        `safety_checker/` folder (used by `safety_checker=True`) and U²-Net weights for
+        `face_avatar(remove_background=True)` (without them, plain backgrounds are keyed)."""
     @property
     def is_xl(self) -> bool: ...
     def text_to_image(
@@ -218,6 +220,16 @@ class InstantID:
     ) -> List[Image]:
         """Avatars of the face (insightface's raw 512-value `embedding` and five `kps` in the
         photo's pixels); seed 002's ranges (steps 21/31/41, samples 1-2, <= 512x768 pixels)."""
+
+class BackgroundRemover:
+    """Background removal with a U²-Net (`u2net.pth`, `u2netp.pth`, `u2net_human_seg.pth` or a
+    safetensors conversion), run as rembg runs it (the network at `input_size` squared)."""
+
+    def __init__(self, model: Union[str, PathLike[str]], device: str = "cpu", input_size: int = 320) -> None: ...
+    def mask(self, image: Image) -> Image:
+        """The subject's mask, mode `L`, at the image's size (255 = subject)."""
+    def remove(self, image: Image) -> Image:
+        """`image` as RGBA with the background transparent (colours kept)."""
 
 class SafetyChecker:
     """diffusers' Stable Diffusion safety checker, from a `safety_checker/` folder."""
