@@ -41,6 +41,17 @@ export declare class BackgroundRemover {
   remove(image: Buffer): Promise<Buffer>
 }
 
+/** insightface-style face analysis (SCRFD + ArcFace) from your own ONNX files. */
+export declare class FaceAnalysis {
+  /** Loads an SCRFD detector and an ArcFace recogniser (`.onnx`) on `device`. */
+  constructor(detector: string, recognizer: string, device?: string | undefined | null, options?: FaceAnalysisOptions | undefined | null)
+  /**
+   * The faces in an encoded image (computed on the libuv pool); `maxNum` keeps the
+   * largest, most central ones.
+   */
+  analyze(image: Buffer, maxNum?: number | undefined | null): Promise<AnalysedFace[]>
+}
+
 /**
  * InstantID avatars (seed 002): SDXL with InstantID's face adapter and IdentityNet, and
  * optional pose / canny ControlNets.
@@ -124,6 +135,20 @@ export interface AdapterFiles {
   backgroundModel?: string
 }
 
+/** One analysed face (insightface's fields). */
+export interface AnalysedFace {
+  /** `[x1, y1, x2, y2]` in the image's pixels. */
+  bbox: Array<number>
+  /** Detection score. */
+  detScore: number
+  /** Five `[x, y]`: eyes, nose, mouth corners. */
+  kps: Array<Array<number>>
+  /** The raw ArcFace embedding (InstantID's `faceEmbedding`). */
+  embedding: Array<number>
+  /** The embedding scaled to unit length (IP-Adapter-FaceID's). */
+  normedEmbedding: Array<number>
+}
+
 /** Options of an InstantID request (seed 002's names, camelCase). */
 export interface AvatarGenInput {
   /** The face photo, encoded. */
@@ -192,6 +217,16 @@ export interface ControlNetInput {
   guidanceStart?: number
   /** Fraction of the steps after which it stops (default 1). */
   guidanceEnd?: number
+}
+
+/** Detection settings of [`FaceAnalysis`]. */
+export interface FaceAnalysisOptions {
+  /** The detector input `[width, height]` (multiples of 32, default `[640, 640]`). */
+  detSize?: Array<number>
+  /** Minimum detection score (default 0.5). */
+  detThresh?: number
+  /** NMS IoU threshold (default 0.4). */
+  nmsThresh?: number
 }
 
 /** Options of `StableDiffusion.faceAvatar` (seed 001's names, camelCase). */

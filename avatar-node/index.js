@@ -780,6 +780,7 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.AvatarGenerator = nativeBinding.AvatarGenerator
 module.exports.BackgroundRemover = nativeBinding.BackgroundRemover
+module.exports.FaceAnalysis = nativeBinding.FaceAnalysis
 module.exports.InstantId = nativeBinding.InstantId
 module.exports.SafetyChecker = nativeBinding.SafetyChecker
 module.exports.StableDiffusion = nativeBinding.StableDiffusion

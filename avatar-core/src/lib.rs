@@ -7,6 +7,8 @@
 //!   trained RGBA models shipped in the crate), with training under the `train` feature.
 //! - [`diffusion`]: Stable Diffusion 1.5 / SDXL text-to-image and image-to-image.
 //! - [`vqgan_clip`]: VQGAN+CLIP optimisation from text and image prompts, with progress.
+//! - [`face_analysis`]: SCRFD face detection + ArcFace embeddings from insightface's ONNX files
+//!   (feature `face-analysis`), run on burn by the [`onnx`] interpreter.
 //! - [`segmentation`]: background removal with U²-Net (rembg's models) or plain-background keying.
 //! - [`AvatarGenerator`]: the high-level API (seeds, transparency, colours, sizes, formats).
 //!
@@ -24,7 +26,11 @@ pub mod device;
 pub mod diffusion;
 pub mod embedded;
 pub mod error;
+#[cfg(feature = "face-analysis")]
+pub mod face_analysis;
 pub mod imaging;
+#[cfg(feature = "face-analysis")]
+pub mod onnx;
 pub mod seed;
 pub mod segmentation;
 #[cfg(feature = "train")]

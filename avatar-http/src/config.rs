@@ -177,6 +177,21 @@ pub struct Config {
     /// An SDXL canny ControlNet folder (`controlnet_selection: canny`).
     #[arg(long, env = "AVATAR_INSTANTID_CANNY")]
     pub instantid_canny: Option<PathBuf>,
+    /// insightface's SCRFD detector (`scrfd_10g_bnkps.onnx` of antelopev2, or `det_10g.onnx`):
+    /// with `--face-recognizer`, seed 002 finds the face in `init_image` itself, so
+    /// `face_embedding` / `face_keypoints` become optional. (insightface's models are for
+    /// non-commercial research; supply your own copy.)
+    #[arg(long, env = "AVATAR_FACE_DETECTOR")]
+    pub face_detector: Option<PathBuf>,
+    /// insightface's ArcFace recogniser (`glintr100.onnx` of antelopev2, or `w600k_r50.onnx`).
+    #[arg(long, env = "AVATAR_FACE_RECOGNIZER")]
+    pub face_recognizer: Option<PathBuf>,
+    /// The detector's input size in pixels (square, a multiple of 32; insightface's `det_size`).
+    #[arg(long, env = "AVATAR_FACE_DET_SIZE", default_value_t = 640)]
+    pub face_det_size: u32,
+    /// The detector's minimum score (insightface's `det_thresh`).
+    #[arg(long, env = "AVATAR_FACE_DET_THRESH", default_value_t = 0.5)]
+    pub face_det_thresh: f32,
     /// Seconds an `avatar_gen` request waits for its images before answering `processing`
     /// with a fetch URL (0: answer at once).
     #[arg(long, env = "AVATAR_AVATAR_GEN_WAIT_SECS", default_value_t = 30)]
@@ -312,6 +327,30 @@ impl Config {
         }))
     }
 
+    /// The face detector, recogniser and detection settings, when both models are given (one
+    /// alone is an error).
+    pub fn face_analysis_setup(&self) -> Result<Option<FaceAnalysisSetup>, String> {
+        let options = avatar_core::face_analysis::DetectionOptions {
+            input_size: (self.face_det_size, self.face_det_size),
+            threshold: self.face_det_thresh,
+            ..Default::default()
+        };
+        match (&self.face_detector, &self.face_recognizer) {
+            (Some(detector), Some(recognizer)) => {
+                options
+                    .validate()
+                    .map_err(|e| format!("--face-det-size / --face-det-thresh: {e}"))?;
+                Ok(Some(FaceAnalysisSetup {
+                    detector: detector.clone(),
+                    recognizer: recognizer.clone(),
+                    options,
+                }))
+            }
+            (None, None) => Ok(None),
+            _ => Err("--face-detector and --face-recognizer go together".into()),
+        }
+    }
+
     /// The `default` model's IP-Adapter, when `--sd-ip-adapter` is given.
     pub fn ip_adapter_paths(&self) -> Option<IpAdapterPaths> {
         Some(IpAdapterPaths {
@@ -420,6 +459,43 @@ mod tests {
         let opted_out = Config::parse_from(["avatar-http", "--host", "0.0.0.0", "--no-auth"]);
         assert!(opted_out.check().is_ok() && !opted_out.auth_required());
     }
+
+    #[test]
+    fn face_analysis_needs_both_models_and_valid_settings() {
+        let none = Config::parse_from(["avatar-http"]);
+        assert!(none.face_analysis_setup().unwrap().is_none());
+        let one = Config::parse_from(["avatar-http", "--face-detector", "d.onnx"]);
+        assert!(
+            one.face_analysis_setup()
+                .unwrap_err()
+                .contains("go together")
+        );
+        let both = [
+            "avatar-http",
+            "--face-detector",
+            "d.onnx",
+            "--face-recognizer",
+            "r.onnx",
+        ];
+        let setup = Config::parse_from(both)
+            .face_analysis_setup()
+            .unwrap()
+            .unwrap();
+        assert_eq!(setup.options.input_size, (640, 640));
+        let odd = Config::parse_from([&both[..], &["--face-det-size", "100"]].concat());
+        assert!(odd.face_analysis_setup().unwrap_err().contains("det_size"));
+    }
+}
+
+/// Face analysis files and settings (`--face-detector`, `--face-recognizer`, ...).
+#[derive(Debug, Clone)]
+pub struct FaceAnalysisSetup {
+    /// The SCRFD `.onnx`.
+    pub detector: PathBuf,
+    /// The ArcFace `.onnx`.
+    pub recognizer: PathBuf,
+    /// Detection settings.
+    pub options: avatar_core::face_analysis::DetectionOptions,
 }
 
 /// InstantID's files (seed 002).

@@ -273,6 +273,7 @@ impl Server {
                 ip_adapter: config.ip_adapter_paths(),
                 instant_id: config.instantid_paths()?,
                 background_model: config.background_model.clone(),
+                face_analysis: config.face_analysis_setup()?,
             };
             let device = config.device;
             tokio::task::spawn_blocking(move || DiffusionApps::load(&setup, device)).await??

@@ -1531,3 +1531,143 @@ impl BackgroundRemover {
         }))
     }
 }
+
+/// Detection settings of [`FaceAnalysis`].
+#[napi(object)]
+#[derive(Default)]
+pub struct FaceAnalysisOptions {
+    /// The detector input `[width, height]` (multiples of 32, default `[640, 640]`).
+    pub det_size: Option<Vec<u32>>,
+    /// Minimum detection score (default 0.5).
+    pub det_thresh: Option<f64>,
+    /// NMS IoU threshold (default 0.4).
+    pub nms_thresh: Option<f64>,
+}
+
+/// One analysed face (insightface's fields).
+#[napi(object)]
+pub struct AnalysedFace {
+    /// `[x1, y1, x2, y2]` in the image's pixels.
+    pub bbox: Vec<f64>,
+    /// Detection score.
+    pub det_score: f64,
+    /// Five `[x, y]`: eyes, nose, mouth corners.
+    pub kps: Vec<Vec<f64>>,
+    /// The raw ArcFace embedding (InstantID's `faceEmbedding`).
+    pub embedding: Vec<f64>,
+    /// The embedding scaled to unit length (IP-Adapter-FaceID's).
+    pub normed_embedding: Vec<f64>,
+}
+
+/// insightface-style face analysis (SCRFD + ArcFace) from your own ONNX files.
+#[napi]
+pub struct FaceAnalysis {
+    inner: Arc<avatar_core::face_analysis::FaceAnalysis>,
+    options: avatar_core::face_analysis::DetectionOptions,
+}
+
+/// A face analysis on the libuv pool.
+pub struct FaceAnalysisTask {
+    analysis: Arc<avatar_core::face_analysis::FaceAnalysis>,
+    options: avatar_core::face_analysis::DetectionOptions,
+    image: image::RgbImage,
+}
+
+impl Task for FaceAnalysisTask {
+    type Output = Result<Vec<avatar_core::face_analysis::Face>, AvatarError>;
+    type JsValue = Vec<AnalysedFace>;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        Ok(self.analysis.analyze(&self.image, &self.options))
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> napi::Result<Self::JsValue> {
+        let faces = output.map_err(|e| throwable(&env, &e))?;
+        let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+        Ok(faces
+            .into_iter()
+            .map(|face| AnalysedFace {
+                bbox: wide(&face.bbox),
+                det_score: f64::from(face.score),
+                kps: face.keypoints.iter().map(|p| wide(p)).collect(),
+                normed_embedding: wide(&face.normed_embedding()),
+                embedding: wide(&face.embedding),
+            })
+            .collect())
+    }
+}
+
+#[napi]
+impl FaceAnalysis {
+    /// Loads an SCRFD detector and an ArcFace recogniser (`.onnx`) on `device`.
+    #[napi(constructor)]
+    pub fn new(
+        env: Env,
+        detector: String,
+        recognizer: String,
+        device: Option<String>,
+        options: Option<FaceAnalysisOptions>,
+    ) -> napi::Result<Self> {
+        let load = || -> Result<_, AvatarError> {
+            let options = options.unwrap_or_default();
+            let defaults = avatar_core::face_analysis::DetectionOptions::default();
+            let input_size = match options.det_size.as_deref() {
+                None => defaults.input_size,
+                Some([w, h]) => (*w, *h),
+                Some(_) => return Err(AvatarError::invalid("detSize", "must be [width, height]")),
+            };
+            let detection = avatar_core::face_analysis::DetectionOptions {
+                input_size,
+                threshold: options.det_thresh.map_or(defaults.threshold, |v| v as f32),
+                nms_threshold: options
+                    .nms_thresh
+                    .map_or(defaults.nms_threshold, |v| v as f32),
+                max_faces: 0,
+            };
+            detection.validate().map_err(|e| match e {
+                AvatarError::InvalidOption { field, message } => {
+                    let field = match field {
+                        "det_size" => "detSize",
+                        "det_thresh" => "detThresh",
+                        "nms_thresh" => "nmsThresh",
+                        other => other,
+                    };
+                    AvatarError::invalid(field, message)
+                }
+                other => other,
+            })?;
+            let spec: DeviceSpec = device.as_deref().unwrap_or("cpu").parse()?;
+            let inner = avatar_core::face_analysis::FaceAnalysis::load(
+                std::path::Path::new(&detector),
+                std::path::Path::new(&recognizer),
+                &spec.device()?,
+            )?;
+            Ok((inner, detection))
+        };
+        let (inner, options) = load().map_err(|e| sync_error(&env, e))?;
+        Ok(FaceAnalysis {
+            inner: Arc::new(inner),
+            options,
+        })
+    }
+
+    /// The faces in an encoded image (computed on the libuv pool); `maxNum` keeps the
+    /// largest, most central ones.
+    #[napi(ts_return_type = "Promise<AnalysedFace[]>")]
+    pub fn analyze(
+        &self,
+        env: Env,
+        image: Buffer,
+        max_num: Option<u32>,
+    ) -> napi::Result<AsyncTask<FaceAnalysisTask>> {
+        let image = decode_image("image", &image).map_err(|e| sync_error(&env, e))?;
+        Ok(AsyncTask::new(FaceAnalysisTask {
+            analysis: self.inner.clone(),
+            options: avatar_core::face_analysis::DetectionOptions {
+                max_faces: max_num.unwrap_or(0) as usize,
+                ..self.options
+            },
+            image: image::DynamicImage::ImageRgba8(image).to_rgb8(),
+        }))
+    }
+}

@@ -213,6 +213,25 @@ test('BackgroundRemover cuts the subject out; faceAvatar uses it for removeBackg
   assert.deepEqual(pngInfo(image), { width: 256, height: 256, colorType: 6 });
 });
 
+test('FaceAnalysis finds faces with keypoints and embeddings', async () => {
+  const fixtures = new URL('../../avatar-core/tests/fixtures/face_analysis/', import.meta.url).pathname;
+  const fs = await import('node:fs');
+  const analysis = new avatar.FaceAnalysis(`${fixtures}det_tiny.onnx`, `${fixtures}rec_tiny.onnx`, 'cpu', { detSize: [160, 160] });
+  const photo = fs.readFileSync(`${fixtures}faces.png`);
+  const faces = await analysis.analyze(photo);
+  assert.equal(faces.length, 6);
+  for (const face of faces) {
+    assert.equal(face.bbox.length, 4);
+    assert.equal(face.kps.length, 5);
+    assert.equal(face.embedding.length, 16);
+    assert.ok(Math.abs(face.normedEmbedding.reduce((s, v) => s + v * v, 0) - 1) < 1e-4);
+  }
+  assert.equal((await analysis.analyze(photo, 2)).length, 2);
+  assert.throws(() => new avatar.FaceAnalysis(`${fixtures}det_tiny.onnx`, `${fixtures}rec_tiny.onnx`, 'cpu', { detSize: [100, 100] }), (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'detSize');
+  assert.throws(() => new avatar.FaceAnalysis(`${fixtures}rec_tiny.onnx`, `${fixtures}rec_tiny.onnx`), (e) => e.code === 'ERR_WEIGHTS');
+  assert.throws(() => analysis.analyze(Buffer.from('x')), (e) => e.field === 'image');
+});
+
 test('StableDiffusion takes IP-Adapters and ControlNets; InstantId draws seed 002 avatars', async () => {
   const fixtures = new URL('../../avatar-core/tests/fixtures/', import.meta.url).pathname;
   const fs = await import('node:fs');

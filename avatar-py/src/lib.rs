@@ -12,7 +12,7 @@ use avatar_core::{
 use image::RgbaImage;
 use numpy::{IntoPyArray, PyArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 /// A seed as Python callers give it: a non-negative int or any string.
 #[derive(FromPyObject)]
@@ -1090,6 +1090,86 @@ impl BackgroundRemover {
     }
 }
 
+/// insightface-style face analysis: SCRFD detection (boxes, five keypoints) and ArcFace
+/// embeddings, from your own copies of insightface's ONNX files (antelopev2's
+/// `scrfd_10g_bnkps.onnx` + `glintr100.onnx` for InstantID, buffalo_l's `det_10g.onnx` +
+/// `w600k_r50.onnx` for IP-Adapter-FaceID).
+#[pyclass(frozen, module = "avatar")]
+struct FaceAnalysis {
+    inner: avatar_core::face_analysis::FaceAnalysis,
+    options: avatar_core::face_analysis::DetectionOptions,
+}
+
+#[pymethods]
+impl FaceAnalysis {
+    #[new]
+    #[pyo3(signature = (detector, recognizer, device = "cpu", det_size = (640, 640), det_thresh = 0.5, nms_thresh = 0.4))]
+    fn new(
+        py: Python<'_>,
+        detector: std::path::PathBuf,
+        recognizer: std::path::PathBuf,
+        device: &str,
+        det_size: (u32, u32),
+        det_thresh: f32,
+        nms_thresh: f32,
+    ) -> PyResult<Self> {
+        let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
+        let options = avatar_core::face_analysis::DetectionOptions {
+            input_size: det_size,
+            threshold: det_thresh,
+            nms_threshold: nms_thresh,
+            max_faces: 0,
+        };
+        options.validate().map_err(to_py_err)?;
+        py.detach(|| {
+            let inner = avatar_core::face_analysis::FaceAnalysis::load(
+                &detector,
+                &recognizer,
+                &spec.device()?,
+            )?;
+            Ok(FaceAnalysis { inner, options })
+        })
+        .map_err(to_py_err)
+    }
+
+    /// The faces in `image` as insightface's keys: `bbox` `[x1, y1, x2, y2]`, `det_score`,
+    /// `kps` (five `[x, y]`), `embedding` (raw; InstantID's input) and `normed_embedding`
+    /// (IP-Adapter-FaceID's); `max_num` keeps the largest, most central ones.
+    #[pyo3(signature = (image, max_num = 0))]
+    fn analyze<'py>(
+        &self,
+        py: Python<'py>,
+        image: Bound<'py, PyAny>,
+        max_num: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let image = image::DynamicImage::ImageRgba8(from_pil("image", &image)?).to_rgb8();
+        let options = avatar_core::face_analysis::DetectionOptions {
+            max_faces: max_num,
+            ..self.options
+        };
+        let faces = py
+            .detach(|| self.inner.analyze(&image, &options))
+            .map_err(to_py_err)?;
+        let list = PyList::empty(py);
+        for face in faces {
+            let dict = PyDict::new(py);
+            dict.set_item("bbox", face.bbox.to_vec())?;
+            dict.set_item("det_score", face.score)?;
+            dict.set_item(
+                "kps",
+                face.keypoints
+                    .iter()
+                    .map(|p| p.to_vec())
+                    .collect::<Vec<_>>(),
+            )?;
+            dict.set_item("normed_embedding", face.normed_embedding())?;
+            dict.set_item("embedding", face.embedding)?;
+            list.append(dict)?;
+        }
+        Ok(list)
+    }
+}
+
 /// The `avatar._native` extension module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -1099,6 +1179,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<VqganClip>()?;
     m.add_class::<SafetyChecker>()?;
     m.add_class::<BackgroundRemover>()?;
+    m.add_class::<FaceAnalysis>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_BATCH", avatar_core::avatar::MAX_BATCH_WITH_PROGRESS)?;
     Ok(())

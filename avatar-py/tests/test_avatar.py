@@ -384,3 +384,29 @@ def test_background_remover_follows_rembg_and_serves_face_avatars() -> None:
     opaque.putalpha(255)
     full_size = avatar.BackgroundRemover(U2NET / "u2net_tiny.pth")
     assert np.array_equal(np.asarray(image)[:, :, 3], np.asarray(full_size.mask(opaque)))
+
+
+FACES = FIXTURES / "face_analysis"
+
+
+def test_face_analysis_feeds_instantid() -> None:
+    analysis = avatar.FaceAnalysis(FACES / "det_tiny.onnx", FACES / "rec_tiny.onnx", det_size=(160, 160))
+    photo = Image.open(FACES / "faces.png")
+    faces = analysis.analyze(photo)
+    assert len(faces) == 6
+    face = max(faces, key=lambda f: (f["bbox"][2] - f["bbox"][0]) * (f["bbox"][3] - f["bbox"][1]))
+    assert set(face) == {"bbox", "det_score", "kps", "embedding", "normed_embedding"}
+    assert len(face["kps"]) == 5 and len(face["embedding"]) == 16
+    assert abs(sum(v * v for v in face["normed_embedding"]) - 1.0) < 1e-4
+    assert len(analysis.analyze(photo, max_num=2)) == 2
+    nets = FIXTURES / "controlnet"
+    model = avatar.InstantID(FIXTURES / "diffusion/sdxl_tiny", nets / "instantid_ip_adapter.bin",
+                             nets / "sdxl_identitynet")
+    [image] = model.generate(photo, face["embedding"], [tuple(p) for p in face["kps"]], "portrait",
+                             width=64, height=64, seed=1, controlnet_selection=[])
+    assert image.size == (64, 64)
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        avatar.FaceAnalysis(FACES / "det_tiny.onnx", FACES / "rec_tiny.onnx", det_size=(100, 100))
+    assert info.value.field == "det_size"
+    with pytest.raises(avatar.WeightsError):
+        avatar.FaceAnalysis(FACES / "rec_tiny.onnx", FACES / "rec_tiny.onnx")

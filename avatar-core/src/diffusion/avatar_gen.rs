@@ -180,6 +180,27 @@ pub struct FaceReference {
     pub keypoints: Vec<(f32, f32)>,
 }
 
+#[cfg(feature = "face-analysis")]
+impl FaceReference {
+    /// The reference with the embedding and keypoints of its largest face, found by `analysis`
+    /// (as InstantID's app picks it); a photo without a face is an
+    /// [`AvatarError::InvalidOption`] on `field`.
+    pub fn from_image(
+        image: RgbaImage,
+        analysis: &crate::face_analysis::FaceAnalysis,
+        options: &crate::face_analysis::DetectionOptions,
+        field: &'static str,
+    ) -> Result<Self> {
+        let rgb = image::DynamicImage::ImageRgba8(image.clone()).to_rgb8();
+        let face = analysis.reference_face(&rgb, options, field)?;
+        Ok(FaceReference {
+            image,
+            keypoints: face.keypoints.iter().map(|p| (p[0], p[1])).collect(),
+            embedding: face.embedding,
+        })
+    }
+}
+
 /// What a request produced.
 #[derive(Debug, Clone)]
 pub struct AvatarGenOutput {

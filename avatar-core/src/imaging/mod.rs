@@ -3,6 +3,7 @@
 
 mod canny;
 mod color;
+pub mod cv_geometry;
 mod encode;
 mod keypoints;
 mod matte;

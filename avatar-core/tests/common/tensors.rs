@@ -43,6 +43,22 @@ impl TensorFile {
         (shape, values)
     }
 
+    /// A u8 tensor's shape and values (images).
+    pub fn bytes(&self, name: &str) -> (Vec<usize>, Vec<u8>) {
+        let (shape, dtype, data) = self.view(name);
+        assert_eq!(dtype, Dtype::U8, "{name}");
+        (shape, data)
+    }
+
+    /// An f64 tensor's values, unrounded.
+    pub fn doubles(&self, name: &str) -> Vec<f64> {
+        let (_, dtype, data) = self.view(name);
+        assert_eq!(dtype, Dtype::F64, "{name}");
+        data.chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+
     /// An i64 tensor's shape and values.
     pub fn ints(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
         let (shape, dtype, data) = self.view(name);

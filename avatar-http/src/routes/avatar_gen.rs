@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-use avatar_core::diffusion::avatar_gen::{AvatarGenOptions, ControlSelection};
+use avatar_core::diffusion::avatar_gen::{AvatarGenOptions, ControlSelection, FaceReference};
 use avatar_core::diffusion::safety_checker::Obfuscation;
 use avatar_core::imaging::{ImageFormat, encode};
 use avatar_core::{AvatarError, Seed};
@@ -169,12 +169,24 @@ pub fn parse_options(body: &Map<String, Value>) -> Result<AvatarGenOptions, Avat
     Ok(options)
 }
 
+/// Where a request's face comes from.
+enum FaceSource {
+    /// The caller's `face_embedding` and `face_keypoints`.
+    Given(Vec<f32>, Vec<(f32, f32)>),
+    /// The largest face the configured analysis finds in `init_image`.
+    Detect(
+        std::sync::Arc<avatar_core::face_analysis::FaceAnalysis>,
+        avatar_core::face_analysis::DetectionOptions,
+        std::sync::Arc<avatar_core::diffusion::avatar_gen::InstantId>,
+    ),
+}
+
 fn face_embedding(body: &Map<String, Value>) -> Result<Vec<f32>, AvatarGenError> {
     let missing = || {
         AvatarGenError::field(
             "face_embedding",
-            "is required: insightface's 512-value `embedding` of the face in init_image \
-             (face detection is not bundled: its models are non-commercial)",
+            "is required: insightface's 512-value `embedding` of the face in init_image (or \
+             start the server with --face-detector and --face-recognizer to find it)",
         )
     };
     let items = fields::present(body, "face_embedding")
@@ -377,7 +389,7 @@ fn png_base64(image: &image::RgbaImage) -> Result<String, AvatarError> {
 
 /// Draws InstantID avatars of a face.
 #[utoipa::path(post, path = "/api/v6/image_editing/avatar_gen", tag = "avatar-gen",
-    request_body(content = Object, description = "The seed's fields: `key`, `prompt`, `negative_prompt`, `init_image` (URL, data URI, or bare base64 with `base64: true`), `width`/`height` (multiples of 8, at most 512x768 pixels), `samples` 1-2, `num_inference_steps` 21/31/41, `guidance_scale` 1-20, `s_scale` 0-2 (scales the IdentityNet's keypoint control), `safety_checker`, `safety_checker_type` (black, blur, sensitive_content_text, pixelate), `pose_image` (a ready OpenPose skeleton), `identitynet_strength_ratio`, `adapter_strength_ratio`, `pose_strength`, `canny_strength` (0-1), `controlnet_selection` (pose, canny), `base64`, `seed`, `webhook`, `track_id`; required additions: `face_embedding` (insightface's 512 values) and `face_keypoints` (five [x, y] in init_image's pixels)"),
+    request_body(content = Object, description = "The seed's fields: `key`, `prompt`, `negative_prompt`, `init_image` (URL, data URI, or bare base64 with `base64: true`), `width`/`height` (multiples of 8, at most 512x768 pixels), `samples` 1-2, `num_inference_steps` 21/31/41, `guidance_scale` 1-20, `s_scale` 0-2 (scales the IdentityNet's keypoint control), `safety_checker`, `safety_checker_type` (black, blur, sensitive_content_text, pixelate), `pose_image` (a ready OpenPose skeleton), `identitynet_strength_ratio`, `adapter_strength_ratio`, `pose_strength`, `canny_strength` (0-1), `controlnet_selection` (pose, canny), `base64`, `seed`, `webhook`, `track_id`; additions: `face_embedding` (insightface's 512 values) and `face_keypoints` (five [x, y] in init_image's pixels), required unless the server runs face analysis (`--face-detector`, `--face-recognizer`)"),
     responses(
         (status = 200, description = "`status: success` with the outputs, or `processing` with `fetch_result`", body = Object),
         (status = 422, description = "A field is invalid (`field`)", body = Object),
@@ -420,9 +432,19 @@ pub async fn avatar_gen(
     }
     let init_image = fields::string(&body, "init_image")?
         .ok_or_else(|| AvatarGenError::field("init_image", "is required"))?;
-    let embedding = face_embedding(&body)?;
-    let keypoints = face_keypoints(&body)?;
-    model.check_face(&embedding, &keypoints)?;
+    // The caller's embedding and keypoints, or (with --face-detector/--face-recognizer) the
+    // largest face found in init_image once it is loaded.
+    let face_source = match app.diffusion.face_analysis() {
+        Some((faces, options)) if fields::present(&body, "face_embedding").is_none() => {
+            FaceSource::Detect(faces.clone(), *options, model.clone())
+        }
+        _ => {
+            let embedding = face_embedding(&body)?;
+            let keypoints = face_keypoints(&body)?;
+            model.check_face(&embedding, &keypoints)?;
+            FaceSource::Given(embedding, keypoints)
+        }
+    };
     let submit = SubmitOptions {
         webhook: fields::string(&body, "webhook")?,
         track_id: fields::present(&body, "track_id").cloned(),
@@ -447,6 +469,15 @@ pub async fn avatar_gen(
     };
     let face_image = describe_image(&init_image);
     let spec = tokio::task::spawn_blocking(move || -> Result<AvatarGenSpec, AvatarError> {
+        let (embedding, keypoints) = match face_source {
+            FaceSource::Given(embedding, keypoints) => (embedding, keypoints),
+            FaceSource::Detect(faces, options, model) => {
+                let face =
+                    FaceReference::from_image(reference.clone(), &faces, &options, "init_image")?;
+                model.check_face(&face.embedding, &face.keypoints)?;
+                (face.embedding, face.keypoints)
+            }
+        };
         Ok(AvatarGenSpec {
             face_image,
             reference_png: png_base64(&reference)?,

@@ -417,7 +417,7 @@ pub async fn task_status(
 
 /// The configured models.
 #[utoipa::path(get, path = "/models", tag = "service",
-    responses((status = 200, description = "`{dcgan, diffusion: [{app_id, xl}], text_to_image, instant_id, safety_checker, background_removal, vqgan_clip}`", body = Object)))]
+    responses((status = 200, description = "`{dcgan, diffusion: [{app_id, xl}], text_to_image, instant_id, face_analysis, safety_checker, background_removal, vqgan_clip}`", body = Object)))]
 pub async fn models(State(app): State<AppState>) -> Json<Value> {
     let diffusion: Vec<Value> = app
         .diffusion
@@ -429,6 +429,7 @@ pub async fn models(State(app): State<AppState>) -> Json<Value> {
         "diffusion": diffusion,
         "text_to_image": app.scenes.is_some(),
         "instant_id": app.diffusion.instant_id().is_some(),
+        "face_analysis": app.diffusion.face_analysis().is_some(),
         "safety_checker": app.diffusion.safety().is_some(),
         "background_removal": match app.diffusion.background() {
             BackgroundRemoval::Keying(_) => "keying",

@@ -9,6 +9,7 @@ use avatar_core::diffusion::avatar_gen::InstantId;
 use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, face_avatars};
 use avatar_core::diffusion::pipeline::StableDiffusion;
 use avatar_core::diffusion::safety_checker::{Obfuscation, SafetyFilter};
+use avatar_core::face_analysis::{DetectionOptions, FaceAnalysis};
 use avatar_core::imaging::{ImageFormat, encode};
 use avatar_core::segmentation::{BackgroundRemoval, BackgroundRemover};
 use base64::Engine;
@@ -29,6 +30,7 @@ pub struct DiffusionApps {
     safety: Option<Arc<SafetyFilter>>,
     instant_id: Option<Arc<InstantId>>,
     background: BackgroundRemoval,
+    faces: Option<(Arc<FaceAnalysis>, DetectionOptions)>,
 }
 
 /// What [`DiffusionApps::load`] loads.
@@ -44,6 +46,8 @@ pub struct DiffusionSetup {
     pub instant_id: Option<crate::config::InstantIdPaths>,
     /// U²-Net weights for `remove_background` (else plain backgrounds are keyed).
     pub background_model: Option<std::path::PathBuf>,
+    /// The SCRFD detector and ArcFace recogniser (seed 002 then analyses `init_image` itself).
+    pub face_analysis: Option<crate::config::FaceAnalysisSetup>,
 }
 
 impl DiffusionApps {
@@ -99,11 +103,31 @@ impl DiffusionApps {
             )),
             None => BackgroundRemoval::default(),
         };
+        let faces = match &setup.face_analysis {
+            Some(setup) => {
+                let faces = FaceAnalysis::load(&setup.detector, &setup.recognizer, &device)
+                    .map_err(|e| format!("face analysis: {e}"))?;
+                if let Some(model) = &instant_id {
+                    // A recogniser whose embedding the InstantID adapter cannot take is a
+                    // configuration error: say so now, not on the first request.
+                    let width = faces
+                        .recognizer()
+                        .embedding_width()
+                        .map_err(|e| format!("face recognizer: {e}"))?;
+                    model
+                        .check_face(&vec![0.0; width], &[(0.0, 0.0); 5])
+                        .map_err(|e| format!("--face-recognizer does not fit InstantID: {e}"))?;
+                }
+                Some((Arc::new(faces), setup.options))
+            }
+            None => None,
+        };
         Ok(DiffusionApps {
             apps: Arc::new(loaded),
             safety,
             instant_id,
             background,
+            faces,
         })
     }
 
@@ -120,6 +144,11 @@ impl DiffusionApps {
     /// The safety checker, when configured (`--safety-checker`).
     pub fn safety(&self) -> Option<&Arc<SafetyFilter>> {
         self.safety.as_ref()
+    }
+
+    /// Face detection + recognition, when configured (`--face-detector`, `--face-recognizer`).
+    pub fn face_analysis(&self) -> Option<&(Arc<FaceAnalysis>, DetectionOptions)> {
+        self.faces.as_ref()
     }
 
     /// How `remove_background` works: the U²-Net of `--background-model`, else keying.

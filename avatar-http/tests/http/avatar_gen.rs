@@ -227,3 +227,40 @@ async fn bad_requests_name_the_field() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_face_analysis_finds_the_face_in_init_image() {
+    let faces = fixtures().join("face_analysis");
+    let mut config = instantid_config(120);
+    config.face_detector = Some(faces.join("det_tiny.onnx"));
+    config.face_recognizer = Some(faces.join("rec_tiny.onnx"));
+    let s = TestServer::start(config).await;
+    let models: Value = s.get("/models").await.json().await.unwrap();
+    assert_eq!(models["face_analysis"], true);
+    let picture = image::open(faces.join("faces.png")).unwrap().to_rgba8();
+    let mut body = with(
+        request(),
+        json!({"init_image": png_data_uri(picture), "samples": "1"}),
+    );
+    let fields = body.as_object_mut().unwrap();
+    fields.remove("face_embedding");
+    fields.remove("face_keypoints");
+    let (status, answer) = post(&s, ENDPOINT, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "success", "{answer}");
+    assert_eq!(answer["output"].as_array().unwrap().len(), 1);
+
+    s.stop().await;
+
+    // Nothing scores 1.0 with this detector: no face, 422 naming init_image.
+    let mut config = instantid_config(120);
+    config.face_detector = Some(faces.join("det_tiny.onnx"));
+    config.face_recognizer = Some(faces.join("rec_tiny.onnx"));
+    config.face_det_thresh = 1.0;
+    let s = TestServer::start(config).await;
+    let (status, answer) = post(&s, ENDPOINT, &body).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.to_string().contains("init_image"), "{answer}");
+    assert!(answer.to_string().contains("no face"), "{answer}");
+    s.stop().await;
+}

@@ -1,7 +1,7 @@
 """Type stubs of the Rust extension module."""
 
 from os import PathLike
-from typing import Callable, List, Literal, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -230,6 +230,24 @@ class BackgroundRemover:
         """The subject's mask, mode `L`, at the image's size (255 = subject)."""
     def remove(self, image: Image) -> Image:
         """`image` as RGBA with the background transparent (colours kept)."""
+
+class FaceAnalysis:
+    """insightface-style face analysis (SCRFD + ArcFace) from your own ONNX files: antelopev2's
+    `scrfd_10g_bnkps.onnx` + `glintr100.onnx` (InstantID) or buffalo_l's `det_10g.onnx` +
+    `w600k_r50.onnx` (IP-Adapter-FaceID)."""
+
+    def __init__(
+        self,
+        detector: Union[str, PathLike[str]],
+        recognizer: Union[str, PathLike[str]],
+        device: str = "cpu",
+        det_size: Tuple[int, int] = (640, 640),
+        det_thresh: float = 0.5,
+        nms_thresh: float = 0.4,
+    ) -> None: ...
+    def analyze(self, image: Image, max_num: int = 0) -> List[Dict[str, Any]]:
+        """Faces as dicts: `bbox`, `det_score`, `kps` (five [x, y]), `embedding` (raw, what
+        InstantID takes) and `normed_embedding`."""
 
 class SafetyChecker:
     """diffusers' Stable Diffusion safety checker, from a `safety_checker/` folder."""
