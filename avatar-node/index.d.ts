@@ -63,7 +63,7 @@ export declare class InstantId {
    * Avatars (PNG buffers) of the face, on the libuv pool; `onProgress` after each step;
    * `signal` cancels between steps.
    */
-  generate(options: AvatarGenInput, onProgress?: ((progress: Progress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
+  generate(options: AvatarGenInput, onProgress?: ((progress: DiffusionProgress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
 }
 
 /** diffusers' Stable Diffusion safety checker (a `safety_checker/` folder). */
@@ -92,13 +92,13 @@ export declare class StableDiffusion {
    * PNG images for a prompt (or from `options.image`), computed on the libuv pool;
    * `onProgress` after each step; `signal` cancels between steps.
    */
-  textToImage(options: TextToImageOptions, onProgress?: ((progress: Progress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
+  textToImage(options: TextToImageOptions, onProgress?: ((progress: DiffusionProgress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
   /**
    * Seed 001's face avatars (PNG buffers) from a reference photo (`options.image`, encoded);
    * `prompt` omitted uses the default avatar prompt with `gender`; ranges as the seed (batch
    * 1-8, sides 256-1536, steps 1-50, guidance 1-30).
    */
-  faceAvatar(options: FaceAvatarOptions, onProgress?: ((progress: Progress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
+  faceAvatar(options: FaceAvatarOptions, onProgress?: ((progress: DiffusionProgress) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<Buffer[]>
 }
 
 /** A VQGAN+CLIP engine (taming VQGAN + open_clip CLIP) that optimises images towards prompts. */
@@ -217,6 +217,16 @@ export interface ControlNetInput {
   guidanceStart?: number
   /** Fraction of the steps after which it stops (default 1). */
   guidanceEnd?: number
+}
+
+/** Progress of a diffusion call, passed to `onProgress` after every denoising step. */
+export interface DiffusionProgress {
+  /** Steps done. */
+  done: number
+  /** Steps in all. */
+  total: number
+  /** With `previewEvery`: the images being drawn, as PNGs, every `previewEvery` steps. */
+  preview?: Array<Buffer>
 }
 
 /** Detection settings of [`FaceAnalysis`]. */
@@ -385,6 +395,10 @@ export interface TextToImageOptions {
   safetyChecker?: boolean
   /** `black` (default), `blur`, `pixelate` or `sensitive_content_text`. */
   safetyCheckerType?: string
+  /** Report the images being drawn (`preview` in `onProgress`) every this many steps. */
+  previewEvery?: number
+  /** `approximate` (default: latent-resolution colours, nearly free) or `vae` (decoded). */
+  previewMode?: string
 }
 
 /** Options of a VQGAN+CLIP run (the core's names, camelCase). */

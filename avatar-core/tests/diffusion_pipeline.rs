@@ -100,6 +100,7 @@ fn run(model: &str, folder: &str, scheduler_name: &str) -> f32 {
             reports.push((p.done, p.total));
             true
         },
+        |_, _, _| Ok(()),
     )
     .unwrap();
     assert_eq!(reports, vec![(1, 2), (2, 2)]);
@@ -176,6 +177,7 @@ fn cancelling_and_mismatched_batches_are_errors() {
             calls += 1;
             false
         },
+        |_, _, _| Ok(()),
     )
     .unwrap_err();
     assert!(matches!(err, AvatarError::Cancelled));
@@ -191,6 +193,7 @@ fn cancelling_and_mismatched_batches_are_errors() {
         &conditioning,
         |s| Tensor::zeros(s, &device),
         |_| true,
+        |_, _, _| Ok(()),
     )
     .unwrap_err();
     assert!(

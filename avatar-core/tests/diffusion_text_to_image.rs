@@ -376,3 +376,49 @@ fn vae_tiling_applies_to_latents_larger_than_a_tile() {
     assert_eq!(tiled.dims(), whole.dims());
     assert!(diff(tiled, whole) > 1e-4);
 }
+
+#[test]
+fn previews_show_the_image_being_denoised() {
+    use avatar_core::diffusion::preview::{Preview, PreviewMode, PreviewOptions};
+    use std::sync::{Arc, Mutex};
+    let device = Device::flex();
+    let pipeline = StableDiffusion::load(&fixtures().join("sd15_tiny"), &device).unwrap();
+    let run = |every: usize, mode: PreviewMode| {
+        let seen: Arc<Mutex<Vec<Preview>>> = Arc::default();
+        let sink = seen.clone();
+        let options = TextToImageOptions {
+            prompt: "an avatar".into(),
+            num_inference_steps: 3,
+            num_images: 2,
+            width: Some(48),
+            height: Some(32),
+            seed: Some(9.into()),
+            scheduler: Some("euler".into()),
+            preview: Some(PreviewOptions::new(every, mode, move |p| {
+                sink.lock().unwrap().push(p)
+            })),
+            ..Default::default()
+        };
+        let images = pipeline.text_to_image(&options, |_| true).unwrap();
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        (images, seen)
+    };
+    // Every step, decoded by the VAE: Euler's last x0 estimate is the result itself.
+    let (images, seen) = run(1, PreviewMode::Vae);
+    let steps: Vec<(usize, usize)> = seen.iter().map(|p| (p.step, p.total)).collect();
+    assert_eq!(steps, vec![(1, 3), (2, 3), (3, 3)]);
+    assert_eq!(seen[2].images, images);
+    assert_ne!(seen[0].images, images, "the first estimate is still rough");
+    // Every second step (and the last), approximate: at latent resolution (the tiny VAE halves
+    // the sides; SD's divides them by 8), nearly free.
+    let (_, seen) = run(2, PreviewMode::Approximate);
+    let steps: Vec<usize> = seen.iter().map(|p| p.step).collect();
+    assert_eq!(steps, vec![2, 3]);
+    assert_eq!(seen[0].images.len(), 2);
+    assert_eq!(seen[0].images[0].dimensions(), (24, 16));
+    assert!(
+        "sometimes"
+            .parse::<PreviewMode>()
+            .is_err_and(|e| e.field() == Some("preview_mode"))
+    );
+}

@@ -77,6 +77,17 @@ pub struct Progress {
     pub total: u32,
 }
 
+/// Progress of a diffusion call, passed to `onProgress` after every denoising step.
+#[napi(object)]
+pub struct DiffusionProgress {
+    /// Steps done.
+    pub done: u32,
+    /// Steps in all.
+    pub total: u32,
+    /// With `previewEvery`: the images being drawn, as PNGs, every `previewEvery` steps.
+    pub preview: Option<Vec<Buffer>>,
+}
+
 /// A DCGAN avatar generator (loads its weights once; share one per process).
 #[napi]
 pub struct AvatarGenerator {
@@ -436,6 +447,10 @@ pub struct TextToImageOptions {
     pub safety_checker: Option<bool>,
     /// `black` (default), `blur`, `pixelate` or `sensitive_content_text`.
     pub safety_checker_type: Option<String>,
+    /// Report the images being drawn (`preview` in `onProgress`) every this many steps.
+    pub preview_every: Option<u32>,
+    /// `approximate` (default: latent-resolution colours, nearly free) or `vae` (decoded).
+    pub preview_mode: Option<String>,
 }
 
 /// An IP-Adapter's input: an image (IP-Adapter, Plus, Full-Face) or a face embedding (FaceID,
@@ -596,7 +611,9 @@ pub struct DiffusionTask {
     options: avatar_core::diffusion::pipeline::TextToImageOptions,
     work: DiffusionWork,
     cancelled: Arc<AtomicBool>,
-    progress: Option<ThreadsafeFunction<Progress, (), Progress, Status, false>>,
+    progress: Option<ThreadsafeFunction<DiffusionProgress, (), DiffusionProgress, Status, false>>,
+    /// PNGs of the latest preview, handed to the next progress report.
+    previews: Arc<std::sync::Mutex<Option<Vec<Vec<u8>>>>>,
 }
 
 impl Task for DiffusionTask {
@@ -606,9 +623,15 @@ impl Task for DiffusionTask {
     fn compute(&mut self) -> napi::Result<Self::Output> {
         let report = |p: avatar_core::Progress| {
             if let Some(callback) = &self.progress {
-                let progress = Progress {
+                let preview = self
+                    .previews
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                let progress = DiffusionProgress {
                     done: p.done as u32,
                     total: p.total as u32,
+                    preview: preview.map(|pngs| pngs.into_iter().map(Buffer::from).collect()),
                 };
                 callback.call(progress, ThreadsafeFunctionCallMode::NonBlocking);
             }
@@ -725,10 +748,13 @@ impl StableDiffusion {
         &self,
         env: Env,
         options: TextToImageOptions,
-        #[napi(ts_arg_type = "((progress: Progress) => void) | undefined | null")]
-        on_progress: Option<ThreadsafeFunction<Progress, (), Progress, Status, false>>,
+        #[napi(ts_arg_type = "((progress: DiffusionProgress) => void) | undefined | null")]
+        on_progress: Option<
+            ThreadsafeFunction<DiffusionProgress, (), DiffusionProgress, Status, false>,
+        >,
         #[napi(ts_arg_type = "AbortSignal | undefined | null")] signal: Option<Object>,
     ) -> napi::Result<AsyncTask<DiffusionTask>> {
+        let previews: Arc<std::sync::Mutex<Option<Vec<Vec<u8>>>>> = Arc::default();
         let core = (|| -> Result<_, AvatarError> {
             let image = match &options.image {
                 Some(bytes) => Some((
@@ -751,6 +777,37 @@ impl StableDiffusion {
                 scheduler: options.scheduler.clone(),
                 ip_adapter: adapter_prompts(options.ip_adapter.as_deref().unwrap_or_default())?,
                 controlnet: control_prompts(options.controlnet.as_deref().unwrap_or_default())?,
+                preview: match options.preview_every {
+                    Some(every) => {
+                        let mode = options
+                            .preview_mode
+                            .as_deref()
+                            .unwrap_or("approximate")
+                            .parse()
+                            .map_err(|e| match e {
+                                AvatarError::InvalidOption { message, .. } => {
+                                    AvatarError::invalid("previewMode", message)
+                                }
+                                other => other,
+                            })?;
+                        let slot = previews.clone();
+                        Some(avatar_core::diffusion::preview::PreviewOptions::new(
+                            every.max(1) as usize,
+                            mode,
+                            move |p| {
+                                let pngs: Vec<Vec<u8>> = p
+                                    .images
+                                    .iter()
+                                    .filter_map(|image| {
+                                        avatar_core::imaging::encode(image, ImageFormat::Png).ok()
+                                    })
+                                    .collect();
+                                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(pngs);
+                            },
+                        ))
+                    }
+                    None => None,
+                },
                 ..Default::default()
             };
             let safety = self.task_safety(
@@ -771,6 +828,7 @@ impl StableDiffusion {
             },
             cancelled: Arc::default(),
             progress: on_progress,
+            previews,
         };
         spawn(&env, task, signal)
     }
@@ -783,8 +841,10 @@ impl StableDiffusion {
         &self,
         env: Env,
         options: FaceAvatarOptions,
-        #[napi(ts_arg_type = "((progress: Progress) => void) | undefined | null")]
-        on_progress: Option<ThreadsafeFunction<Progress, (), Progress, Status, false>>,
+        #[napi(ts_arg_type = "((progress: DiffusionProgress) => void) | undefined | null")]
+        on_progress: Option<
+            ThreadsafeFunction<DiffusionProgress, (), DiffusionProgress, Status, false>,
+        >,
         #[napi(ts_arg_type = "AbortSignal | undefined | null")] signal: Option<Object>,
     ) -> napi::Result<AsyncTask<DiffusionTask>> {
         let core = (|| -> Result<_, AvatarError> {
@@ -831,6 +891,7 @@ impl StableDiffusion {
             ),
             cancelled: Arc::default(),
             progress: on_progress,
+            previews: Arc::default(),
         };
         spawn(&env, task, signal)
     }
@@ -931,8 +992,10 @@ impl InstantId {
         &self,
         env: Env,
         options: AvatarGenInput,
-        #[napi(ts_arg_type = "((progress: Progress) => void) | undefined | null")]
-        on_progress: Option<ThreadsafeFunction<Progress, (), Progress, Status, false>>,
+        #[napi(ts_arg_type = "((progress: DiffusionProgress) => void) | undefined | null")]
+        on_progress: Option<
+            ThreadsafeFunction<DiffusionProgress, (), DiffusionProgress, Status, false>,
+        >,
         #[napi(ts_arg_type = "AbortSignal | undefined | null")] signal: Option<Object>,
     ) -> napi::Result<AsyncTask<DiffusionTask>> {
         use avatar_core::diffusion::avatar_gen::{AvatarGenOptions, FaceReference};
@@ -1003,6 +1066,7 @@ impl InstantId {
             work,
             cancelled: Arc::default(),
             progress: on_progress,
+            previews: Arc::default(),
         };
         spawn(&env, task, signal)
     }

@@ -162,6 +162,20 @@ test('VqganClip optimises towards prompts with progress images, seeds and cancel
   assert.throws(() => new avatar.VqganClip(`${dir}vqgan.yaml`, `${dir}missing.ckpt`, `${dir}clip.safetensors`, `${dir}clip_config.json`), (e) => e.code === 'ERR_IO');
 });
 
+test('StableDiffusion.textToImage reports previews with its progress', async () => {
+  const model = new URL('../../avatar-core/tests/fixtures/diffusion/sd15_tiny', import.meta.url).pathname;
+  const pipe = new avatar.StableDiffusion(model, 'cpu');
+  const seen = [];
+  const [image] = await pipe.textToImage(
+    { prompt: 'an avatar', numInferenceSteps: 3, guidanceScale: 1, seed: 2, scheduler: 'euler', previewEvery: 2, previewMode: 'vae' },
+    (p) => seen.push(p),
+  );
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(seen.map((p) => [p.done, p.preview ? p.preview.length : 0]), [[1, 0], [2, 1], [3, 1]]);
+  assert.deepEqual(pngInfo(seen[2].preview[0]), pngInfo(image));
+  assert.throws(() => pipe.textToImage({ prompt: 'x', previewEvery: 1, previewMode: 'nope' }), (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'previewMode');
+});
+
 test('StableDiffusion.faceAvatar draws seed 001 avatars from a reference photo', async () => {
   const model = new URL('../../avatar-core/tests/fixtures/diffusion/sd15_tiny', import.meta.url).pathname;
   const pipe = new avatar.StableDiffusion(model, 'cpu');

@@ -578,7 +578,7 @@ impl StableDiffusion {
     /// `ip_adapter_scale` (FaceID-Plus takes both the face crop and its embedding, and v2's
     /// `s_scale`); with loaded ControlNets, one `control_image` per ControlNet and
     /// `controlnet_conditioning_scale` (a value or one per ControlNet).
-    #[pyo3(signature = (prompt, negative_prompt = String::new(), num_inference_steps = 30, guidance_scale = 7.5, width = None, height = None, num_images = 1, seed = None, scheduler = None, progress = None, ip_adapter_image = None, face_embedding = None, ip_adapter_scale = None, s_scale = None, control_image = None, controlnet_conditioning_scale = None, safety_checker = false, safety_checker_type = None))]
+    #[pyo3(signature = (prompt, negative_prompt = String::new(), num_inference_steps = 30, guidance_scale = 7.5, width = None, height = None, num_images = 1, seed = None, scheduler = None, progress = None, ip_adapter_image = None, face_embedding = None, ip_adapter_scale = None, s_scale = None, control_image = None, controlnet_conditioning_scale = None, safety_checker = false, safety_checker_type = None, preview = None, preview_every = 1, preview_mode = "approximate"))]
     #[allow(clippy::too_many_arguments)]
     fn text_to_image<'py>(
         &self,
@@ -601,6 +601,9 @@ impl StableDiffusion {
         controlnet_conditioning_scale: Option<Bound<'py, PyAny>>,
         safety_checker: bool,
         safety_checker_type: Option<String>,
+        preview: Option<Py<PyAny>>,
+        preview_every: usize,
+        preview_mode: &str,
     ) -> PyResult<Bound<'py, PyList>> {
         let mut options = diffusion_options(
             prompt,
@@ -625,10 +628,42 @@ impl StableDiffusion {
             control_image.as_ref(),
             controlnet_conditioning_scale.as_ref(),
         )?;
-        let images = with_progress(py, progress, |report| {
-            self.inner.text_to_image(&options, report)
-        })?;
-        self.finish(py, images, safety_checker, safety_checker_type.as_deref())
+        // A raising preview callback cancels at the next step and its exception propagates.
+        let preview_error: std::sync::Arc<Mutex<Option<PyErr>>> = Default::default();
+        if let Some(callback) = preview {
+            let mode = preview_mode.parse().map_err(to_py_err)?;
+            let failed = preview_error.clone();
+            options.preview = Some(avatar_core::diffusion::preview::PreviewOptions::new(
+                preview_every.max(1),
+                mode,
+                move |p| {
+                    Python::attach(|py| {
+                        let called = images_to_pil(py, p.images)
+                            .and_then(|images| callback.call1(py, (p.step, p.total, images)));
+                        if let Err(error) = called {
+                            *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+                        }
+                    })
+                },
+            ));
+        }
+        let result = with_progress(py, progress, |report| {
+            self.inner.text_to_image(&options, |p| {
+                preview_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_none()
+                    && report(p)
+            })
+        });
+        if let Some(error) = preview_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Err(error);
+        }
+        self.finish(py, result?, safety_checker, safety_checker_type.as_deref())
     }
 
     /// Images from `image` (a `PIL.Image.Image`) and a prompt; `strength` in (0, 1] is how much

@@ -410,3 +410,22 @@ def test_face_analysis_feeds_instantid() -> None:
     assert info.value.field == "det_size"
     with pytest.raises(avatar.WeightsError):
         avatar.FaceAnalysis(FACES / "rec_tiny.onnx", FACES / "rec_tiny.onnx")
+
+
+def test_text_to_image_previews() -> None:
+    pipe = avatar.StableDiffusion(TINY_SD)
+    seen: list[tuple[int, int, list[Image.Image]]] = []
+    images = pipe.text_to_image("an avatar", num_inference_steps=3, guidance_scale=1.0, seed=2, scheduler="euler",
+                                preview=lambda s, t, ims: seen.append((s, t, ims)), preview_every=2,
+                                preview_mode="vae")
+    assert [(s, t) for s, t, _ in seen] == [(2, 3), (3, 3)]
+    assert seen[-1][2][0].tobytes() == images[0].tobytes()
+
+    def broken(step: int, total: int, images: list) -> None:
+        raise RuntimeError("preview sink failed")
+
+    with pytest.raises(RuntimeError, match="preview sink failed"):
+        pipe.text_to_image("x", num_inference_steps=3, guidance_scale=1.0, preview=broken)
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        pipe.text_to_image("x", num_inference_steps=1, preview=broken, preview_mode="nope")
+    assert info.value.field == "preview_mode"

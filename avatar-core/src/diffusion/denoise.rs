@@ -56,7 +56,9 @@ impl Conditioning {
 /// noised to that point) from `latents` `[B, C, h, w]`. `latents` are the initial noise for
 /// text-to-image and are scaled by the scheduler's `init_noise_sigma` when `scale_initial` is set.
 /// `noise` supplies standard-normal tensors of a given shape for schedulers that draw noise per
-/// step; `progress` is called after each step and may return `false` to cancel.
+/// step; `progress` is called after each step and may return `false` to cancel; `preview` gets
+/// the step, the step count and the scheduler's x₀ estimate (the new latents for schedulers
+/// without one) after each step.
 #[allow(clippy::too_many_arguments)]
 pub fn denoise(
     unet: &UNet2DConditionModel,
@@ -68,6 +70,7 @@ pub fn denoise(
     conditioning: &Conditioning,
     mut noise: impl FnMut([usize; 4]) -> Tensor<4>,
     mut progress: impl FnMut(Progress) -> bool,
+    mut preview: impl FnMut(usize, usize, Tensor<4>) -> Result<()>,
 ) -> Result<Tensor<4>> {
     let timesteps: Vec<f64> = scheduler.timesteps().to_vec();
     if start > timesteps.len() {
@@ -151,9 +154,10 @@ pub fn denoise(
         } else {
             prediction
         };
-        latents = scheduler
-            .step_with(prediction, t, latents, |sample| noise(sample.dims()))?
-            .prev_sample;
+        let out = scheduler.step_with(prediction, t, latents, |sample| noise(sample.dims()))?;
+        latents = out.prev_sample;
+        let estimate = out.pred_original_sample.unwrap_or_else(|| latents.clone());
+        preview(i + 1, total, estimate)?;
         if !progress(Progress { done: i + 1, total }) {
             return Err(AvatarError::Cancelled);
         }

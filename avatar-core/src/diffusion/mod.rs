@@ -31,6 +31,7 @@ pub mod face_avatar;
 pub mod image_encoder;
 pub mod ip_adapter;
 pub mod pipeline;
+pub mod preview;
 pub mod resnet;
 pub mod safety_checker;
 pub mod schedulers;

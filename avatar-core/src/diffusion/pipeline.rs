@@ -13,6 +13,7 @@ use super::controlnet::{ControlNetConfig, ControlNetModel};
 use super::denoise::{Conditioning, ControlInput, decode_latents, denoise};
 use super::image_encoder::ImageEncoder;
 use super::ip_adapter::{IpAdapter, IpAdapterPrompt};
+use super::preview::{Preview, PreviewMode, PreviewOptions, approximate_rgb};
 use super::schedulers::{Scheduler, SchedulerConfig};
 use super::single_file::{RawTensor, convert_single_file, to_safetensors};
 use super::tokenizer::{ClipTokenizer, MAX_LENGTH};
@@ -66,6 +67,8 @@ pub struct TextToImageOptions {
     /// Conditioning images for the loaded ControlNets (each names its ControlNet; several
     /// ControlNets add their residuals, as diffusers' `MultiControlNetModel`).
     pub controlnet: Vec<ControlNetPrompt>,
+    /// Previews of the images while they are denoised.
+    pub preview: Option<PreviewOptions>,
 }
 
 /// One ControlNet's input for a generation (diffusers' `image`,
@@ -121,6 +124,7 @@ impl Default for TextToImageOptions {
             vae_tiling: false,
             ip_adapter: Vec::new(),
             controlnet: Vec::new(),
+            preview: None,
         }
     }
 }
@@ -621,6 +625,7 @@ impl StableDiffusion {
             &conditioning,
             noise,
             progress,
+            self.preview_hook(options),
         )?;
         Ok(decode_latents(
             &self.vae,
@@ -628,6 +633,37 @@ impl StableDiffusion {
             latents,
             options.vae_tiling,
         ))
+    }
+
+    /// What [`denoise`] calls after each step: decodes and hands on the previews `options`
+    /// asks for.
+    fn preview_hook<'a>(
+        &'a self,
+        options: &'a TextToImageOptions,
+    ) -> impl FnMut(usize, usize, Tensor<4>) -> Result<()> + 'a {
+        move |step, total, estimate| {
+            let Some(preview) = &options.preview else {
+                return Ok(());
+            };
+            if !preview.due(step, total) {
+                return Ok(());
+            }
+            let images = match preview.mode {
+                PreviewMode::Approximate => approximate_rgb(estimate, self.is_xl())?,
+                PreviewMode::Vae => tensor_to_rgba(decode_latents(
+                    &self.vae,
+                    &self.vae_config,
+                    estimate,
+                    options.vae_tiling,
+                ))?,
+            };
+            (preview.callback.0)(Preview {
+                step,
+                total,
+                images,
+            });
+            Ok(())
+        }
     }
 
     /// Image-to-image: `image` `[1 or N, 3, H, W]` in [0, 1] is encoded, noised to `strength`
@@ -714,6 +750,7 @@ impl StableDiffusion {
             &conditioning,
             noise,
             progress,
+            self.preview_hook(options),
         )?;
         Ok(decode_latents(
             &self.vae,

@@ -113,9 +113,14 @@ class StableDiffusion:
         controlnet_conditioning_scale: Optional[Union[float, List[float]]] = None,
         safety_checker: bool = False,
         safety_checker_type: Optional[str] = None,
+        preview: Optional[Callable[[int, int, List[Image]], object]] = None,
+        preview_every: int = 1,
+        preview_mode: Literal["approximate", "vae"] = "approximate",
     ) -> List[Image]:
         """Images for a prompt; one `ip_adapter_image` (or `face_embedding` for FaceID /
-        InstantID) per loaded IP-Adapter, one `control_image` per loaded ControlNet."""
+        InstantID) per loaded IP-Adapter, one `control_image` per loaded ControlNet.
+        `preview(step, total, images)` is called every `preview_every` steps with the images
+        being drawn (`approximate`: latent-resolution colours, nearly free; `vae`: decoded)."""
     def image_to_image(
         self,
         image: Image,
