@@ -347,6 +347,11 @@ export interface IpAdapterInput {
   scale?: number
   /** FaceID-Plus-v2's shortcut weight (0-2; omit for v1). */
   sScale?: number
+  /**
+   * Weights per UNet block instead of `scale`, as diffusers' dict form of
+   * `set_ip_adapter_scale` (e.g. `{ up: { block_0: [0, 1, 0] } }`).
+   */
+  blockScales?: any
 }
 
 /** The MIME type of a format name (`"png"` -> `"image/png"`), for HTTP responses. */

@@ -170,7 +170,7 @@ fn main() {
         let _ = std::fs::remove_file(&file);
         let mut injection = AttentionInjection::default();
         let features = Tensor::<3>::random(features, normal, &device);
-        adapter.inject(adapter.project(features), 1.0, &mut injection);
+        adapter.inject(adapter.project(features), |_| 1.0, &mut injection);
         time(name, runs, || step(&injection));
     };
     if wanted("plus") {

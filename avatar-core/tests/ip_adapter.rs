@@ -367,3 +367,66 @@ fn face_avatars_keep_the_face_through_a_loaded_adapter() {
     let err = face_avatars(&sd, &photo, &options(2.5), &Default::default(), |_| true).unwrap_err();
     assert_eq!(err.field(), Some("ip_adapter_scale"));
 }
+
+#[test]
+fn per_block_scales_match_diffusers() {
+    use avatar_core::diffusion::ip_adapter_scale::BlockScales;
+    let device = Device::flex();
+    let mut sd = pipeline("sd15_tiny", &device);
+    sd.load_ip_adapter(
+        &adapters().join("ip_adapter.safetensors"),
+        Some(&adapters().join("image_encoder")),
+    )
+    .unwrap();
+    let blocks = BlockScales::from_json(
+        r#"{"down": {"block_0": 0.3}, "mid": 0.6, "up": {"block_1": [1.0, 0.0]}}"#,
+    )
+    .unwrap();
+    let prompt = IpAdapterPrompt::image(reference_image(), 1.0).with_block_scales(blocks);
+    check_image(&sd, &options(&device, vec![prompt]), "blocks_image");
+
+    // diffusers' errors: a block without attentions, a list of the wrong length, a bad value.
+    for (json, says) in [
+        (r#"{"down": {"block_1": 1.0}}"#, "down.block_1"),
+        (
+            r#"{"up": {"block_1": [1.0, 0.0, 1.0]}}"#,
+            "expected 2 scales for up.block_1",
+        ),
+        (r#"{"mid": [1.0, 2.0]}"#, "expected 1 scale for mid"),
+        (r#"{"mid": 3.0}"#, "out of range"),
+    ] {
+        let prompt = IpAdapterPrompt::image(reference_image(), 1.0)
+            .with_block_scales(BlockScales::from_json(json).unwrap());
+        let err = sd
+            .text_to_image_tensor(&options(&device, vec![prompt]), |_| true)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                avatar_core::AvatarError::InvalidOption {
+                    field: "ip_adapter_scale",
+                    ..
+                }
+            ) && err.to_string().contains(says),
+            "{json}: {err}"
+        );
+    }
+    assert!(BlockScales::from_json(r#"{"sideways": 1}"#).is_err());
+}
+
+#[test]
+fn sdxl_per_block_scales_match_diffusers() {
+    use avatar_core::diffusion::ip_adapter_scale::BlockScales;
+    let device = Device::flex();
+    let mut sd = pipeline("sdxl_tiny", &device);
+    sd.load_ip_adapter(
+        &adapters().join("ip_adapter_sdxl.safetensors"),
+        Some(&adapters().join("image_encoder")),
+    )
+    .unwrap();
+    // Only the second attention of up block 0 (InstantStyle's "style" pattern on the tiny UNet);
+    // each of its two transformer layers takes the weight.
+    let blocks = BlockScales::from_json(r#"{"up": {"block_0": [0.0, 1.2]}}"#).unwrap();
+    let prompt = IpAdapterPrompt::image(reference_image(), 1.0).with_block_scales(blocks);
+    check_image(&sd, &options(&device, vec![prompt]), "sdxl_blocks_image");
+}

@@ -465,6 +465,9 @@ pub struct IpAdapterInput {
     pub scale: Option<f64>,
     /// FaceID-Plus-v2's shortcut weight (0-2; omit for v1).
     pub s_scale: Option<f64>,
+    /// Weights per UNet block instead of `scale`, as diffusers' dict form of
+    /// `set_ip_adapter_scale` (e.g. `{ up: { block_0: [0, 1, 0] } }`).
+    pub block_scales: Option<serde_json::Value>,
 }
 
 /// A ControlNet's input.
@@ -517,6 +520,21 @@ fn adapter_prompts(
                     .map(|v| v.iter().map(|&x| x as f32).collect()),
                 scale: input.scale.unwrap_or(1.0) as f32,
                 s_scale: input.s_scale.map(|v| v as f32),
+                block_scales: input
+                    .block_scales
+                    .as_ref()
+                    .map(|v| {
+                        avatar_core::diffusion::ip_adapter_scale::BlockScales::from_json(
+                            &v.to_string(),
+                        )
+                        .map_err(|e| match e {
+                            AvatarError::InvalidOption { message, .. } => {
+                                AvatarError::invalid("ipAdapter.blockScales", message)
+                            }
+                            other => other,
+                        })
+                    })
+                    .transpose()?,
             })
         })
         .collect()

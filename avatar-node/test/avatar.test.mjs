@@ -264,6 +264,16 @@ test('StableDiffusion takes IP-Adapters and ControlNets; InstantId draws seed 00
     controlnet: [{ image: control, scale: 0.8 }],
   });
   assert.ok(!plain.equals(steered), 'the adapters change the image');
+  // Per-block weights: every block at 1 is the uniform weight 1.
+  const [uniform] = await pipe.textToImage({ ...common, ipAdapter: [{ image: reference, scale: 1 }] });
+  const [everywhere] = await pipe.textToImage({ ...common, ipAdapter: [{ image: reference, blockScales: { down: 1, mid: 1, up: 1 } }] });
+  const [styleOnly] = await pipe.textToImage({ ...common, ipAdapter: [{ image: reference, blockScales: { up: { block_1: [1, 0] } } }] });
+  assert.ok(uniform.equals(everywhere));
+  assert.ok(!uniform.equals(styleOnly));
+  assert.throws(
+    () => pipe.textToImage({ ...common, ipAdapter: [{ image: reference, blockScales: { sideways: 1 } }] }),
+    (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'ipAdapter.blockScales',
+  );
   await assert.rejects(
     pipe.textToImage({ ...common, controlnet: [{ image: control, scale: 9 }] }),
     (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'controlnet.scale',

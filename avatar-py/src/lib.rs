@@ -466,20 +466,62 @@ fn ip_adapter_prompts(
     };
     let images = per_adapter(images, loaded)?;
     let n = images.len().max(embeddings.len());
-    let scales = scales(scale, n, "ip_adapter_scale")?;
+    let scales = adapter_scales(scale, n)?;
     (0..n)
         .map(|i| {
+            let (scale, block_scales) = scales.get(i).cloned().unwrap_or((1.0, None));
             Ok(avatar_core::diffusion::ip_adapter::IpAdapterPrompt {
                 image: match images.get(i).cloned().flatten() {
                     Some(image) => Some(from_pil("ip_adapter_image", &image)?),
                     None => None,
                 },
                 face_embedding: embeddings.get(i).cloned().flatten(),
-                scale: scales.get(i).copied().unwrap_or(1.0),
+                scale,
                 s_scale,
+                block_scales,
             })
         })
         .collect()
+}
+
+/// `ip_adapter_scale` as diffusers' `set_ip_adapter_scale` takes it: a float, a per-block dict
+/// (`{"up": {"block_0": [0.0, 1.0, 0.0]}}`), or a list of those, one per adapter.
+fn adapter_scales(
+    value: Option<&Bound<'_, PyAny>>,
+    n: usize,
+) -> PyResult<
+    Vec<(
+        f32,
+        Option<avatar_core::diffusion::ip_adapter_scale::BlockScales>,
+    )>,
+> {
+    let one = |v: &Bound<'_, PyAny>| -> PyResult<(f32, Option<_>)> {
+        if let Ok(x) = v.extract::<f32>() {
+            return Ok((x, None));
+        }
+        if v.is_instance_of::<PyDict>() {
+            let json: String = v
+                .py()
+                .import("json")?
+                .call_method1("dumps", (v,))?
+                .extract()?;
+            let blocks = avatar_core::diffusion::ip_adapter_scale::BlockScales::from_json(&json)
+                .map_err(to_py_err)?;
+            return Ok((1.0, Some(blocks)));
+        }
+        Err(to_py_err(AvatarError::invalid(
+            "ip_adapter_scale",
+            "must be a float, a per-block dict, or a list of those (one per adapter)",
+        )))
+    };
+    match value {
+        None => Ok(vec![(1.0, None); n]),
+        Some(v) if v.is_instance_of::<PyList>() => {
+            let items: Vec<Bound<'_, PyAny>> = v.extract()?;
+            items.iter().map(one).collect()
+        }
+        Some(v) => Ok(vec![one(v)?; n]),
+    }
 }
 
 /// The core's ControlNet prompts: one control image per loaded ControlNet, in order.

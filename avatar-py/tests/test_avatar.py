@@ -313,6 +313,17 @@ def test_ip_adapter_and_controlnet_steer_the_image() -> None:
     with pytest.raises(avatar.InvalidOptionError) as info:
         pipe.text_to_image("x", ip_adapter_image=reference, ip_adapter_scale=5.0, **common)
     assert info.value.field == "ip_adapter_scale"
+    # Per-block weights (diffusers' dict): every block at 1 is the uniform 1; only some differs.
+    uniform = pipe.text_to_image("a portrait", ip_adapter_image=reference, ip_adapter_scale=1.0, **common)[0]
+    everywhere = pipe.text_to_image("a portrait", ip_adapter_image=reference,
+                                    ip_adapter_scale={"down": 1.0, "mid": 1.0, "up": 1.0}, **common)[0]
+    style_only = pipe.text_to_image("a portrait", ip_adapter_image=reference,
+                                    ip_adapter_scale={"up": {"block_1": [1.0, 0.0]}}, **common)[0]
+    assert everywhere.tobytes() == uniform.tobytes()
+    assert style_only.tobytes() != uniform.tobytes()
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        pipe.text_to_image("x", ip_adapter_image=reference, ip_adapter_scale={"up": {"block_7": 1.0}}, **common)
+    assert info.value.field == "ip_adapter_scale"
     with pytest.raises(avatar.WeightsError):
         avatar.StableDiffusion(TINY_SD, ip_adapters=[adapters / "ip_adapter_sdxl.safetensors"],
                                image_encoder=adapters / "image_encoder")

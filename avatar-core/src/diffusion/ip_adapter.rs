@@ -30,6 +30,7 @@ use image::RgbaImage;
 
 use super::attention::{AttentionInjection, AttentionLora, ExtraKeyValue, LoraLinear};
 use super::image_encoder::ImageEncoder;
+use super::ip_adapter_scale::BlockScales;
 use super::single_file::{RawTensor, to_safetensors};
 use super::unet::{AttentionProcessor, UNet2DConditionModel};
 use super::weights::{KeyMap, load_strict_bytes, read_tensors};
@@ -324,6 +325,9 @@ pub struct IpAdapterPrompt {
     /// FaceID-Plus-v2's `s_scale` (0-2): the face tokens are added back at this weight; `None`
     /// for FaceID-Plus v1 (and ignored by the other adapters).
     pub s_scale: Option<f32>,
+    /// Weights per UNet block instead of `scale` (diffusers' dict form of
+    /// `set_ip_adapter_scale`, InstantStyle's style/layout selection).
+    pub block_scales: Option<BlockScales>,
 }
 
 impl IpAdapterPrompt {
@@ -334,6 +338,7 @@ impl IpAdapterPrompt {
             face_embedding: None,
             scale,
             s_scale: None,
+            block_scales: None,
         }
     }
 
@@ -344,6 +349,7 @@ impl IpAdapterPrompt {
             face_embedding: Some(embedding),
             scale,
             s_scale: None,
+            block_scales: None,
         }
     }
 
@@ -360,6 +366,15 @@ impl IpAdapterPrompt {
             face_embedding: Some(embedding),
             scale,
             s_scale,
+            block_scales: None,
+        }
+    }
+
+    /// The same prompt weighted per UNet block (`block_scales` replaces `scale`).
+    pub fn with_block_scales(self, block_scales: BlockScales) -> Self {
+        IpAdapterPrompt {
+            block_scales: Some(block_scales),
+            ..self
         }
     }
 }
@@ -905,9 +920,20 @@ impl IpAdapter {
     }
 
     /// Adds this adapter to `injection` for image tokens `[B, T, cross]` (batched like the
-    /// UNet's input) at `scale`: keys/values computed once per layer, plus FaceID's LoRA.
-    pub fn inject(&self, tokens: Tensor<3>, scale: f32, injection: &mut AttentionInjection) {
+    /// UNet's input), weighted by `scale(processor index)`: keys/values computed once per layer
+    /// (none for a zero weight), plus FaceID's LoRA.
+    pub fn inject(
+        &self,
+        tokens: Tensor<3>,
+        scale: impl Fn(usize) -> f32,
+        injection: &mut AttentionInjection,
+    ) {
         for (layer, &index) in self.weights.ip_layers.iter().zip(&self.processors) {
+            let scale = scale(index);
+            if scale == 0.0 {
+                // A zero weight adds nothing: skip its keys and values.
+                continue;
+            }
             injection.push_stream(
                 index,
                 ExtraKeyValue {

@@ -30,6 +30,7 @@ pub mod embeddings;
 pub mod face_avatar;
 pub mod image_encoder;
 pub mod ip_adapter;
+pub mod ip_adapter_scale;
 pub mod pipeline;
 pub mod preview;
 pub mod resnet;

@@ -302,7 +302,28 @@ impl StableDiffusion {
             } else {
                 cond
             };
-            adapter.inject(tokens.clone(), prompt.scale, &mut injection);
+            match &prompt.block_scales {
+                None => adapter.inject(tokens.clone(), |_| prompt.scale, &mut injection),
+                Some(blocks) => {
+                    let by_location = blocks.resolve(&self.unet)?;
+                    let by_processor: std::collections::HashMap<usize, f32> = self
+                        .unet
+                        .attention_processors()
+                        .into_iter()
+                        .map(|p| {
+                            (
+                                p.index,
+                                by_location.get(&p.location).copied().unwrap_or(0.0),
+                            )
+                        })
+                        .collect();
+                    adapter.inject(
+                        tokens.clone(),
+                        |index| by_processor.get(&index).copied().unwrap_or(0.0),
+                        &mut injection,
+                    );
+                }
+            }
             all_tokens.push(tokens);
         }
         Ok((injection, all_tokens))

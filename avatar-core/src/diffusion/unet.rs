@@ -415,12 +415,37 @@ pub(crate) fn mid_pass(
 pub struct AttentionProcessor {
     /// diffusers' processor index.
     pub index: usize,
+    /// The attention module (transformer) it belongs to.
+    pub location: BlockLocation,
     /// Width of the attention (its query and output).
     pub hidden: usize,
     /// Width of what it attends to (`hidden` for self-attention).
     pub context: usize,
     /// `attn2` (cross-attention to the text) rather than `attn1`.
     pub cross: bool,
+}
+
+/// A part of the UNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UNetPart {
+    /// `down_blocks`.
+    Down,
+    /// `mid_block`.
+    Mid,
+    /// `up_blocks`.
+    Up,
+}
+
+/// Where an attention module sits: `{part}_blocks.{block}.attentions.{attention}`
+/// (`mid_block.attentions.{attention}`, block 0, for the mid block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlockLocation {
+    /// Down, mid or up.
+    pub part: UNetPart,
+    /// The block's index in its part.
+    pub block: usize,
+    /// The attention module's index in the block.
+    pub attention: usize,
 }
 
 /// ControlNet residuals added to the UNet's skip connections and mid-block output.
@@ -510,16 +535,6 @@ impl UNet2DConditionModel {
 
     /// The transformer blocks in diffusers' `attn_processors` order: down blocks, up blocks,
     /// then the mid block.
-    fn transformer_blocks(&self) -> Vec<&BasicTransformerBlock> {
-        self.down_blocks
-            .iter()
-            .chain(&self.up_blocks)
-            .chain(std::iter::once(&self.mid_block))
-            .flat_map(|block| &block.attentions)
-            .flat_map(|transformer| &transformer.transformer_blocks)
-            .collect()
-    }
-
     fn transformer_blocks_mut(&mut self) -> Vec<&mut BasicTransformerBlock> {
         self.down_blocks
             .iter_mut()
@@ -530,29 +545,59 @@ impl UNet2DConditionModel {
             .collect()
     }
 
+    /// The attention modules per block, in diffusers' order: `(part, block, count)`.
+    pub fn attention_counts(&self) -> Vec<(UNetPart, usize, usize)> {
+        let side = |part, blocks: &[_]| -> Vec<(UNetPart, usize, usize)> {
+            blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b): (usize, &UNetBlock)| (part, i, b.attentions.len()))
+                .collect()
+        };
+        let mut out = side(UNetPart::Down, &self.down_blocks);
+        out.extend(side(UNetPart::Up, &self.up_blocks));
+        out.push((UNetPart::Mid, 0, self.mid_block.attentions.len()));
+        out
+    }
+
     /// Every attention layer in diffusers' processor order (what IP-Adapter files index).
     pub fn attention_processors(&self) -> Vec<AttentionProcessor> {
-        self.transformer_blocks()
-            .into_iter()
-            .flat_map(|block| {
-                let [context, hidden] = block.attn2.to_k.weight.dims();
-                let own = block.attn1.to_q.weight.dims()[1];
-                [
-                    AttentionProcessor {
-                        index: block.processor,
-                        hidden: own,
-                        context: own,
-                        cross: false,
-                    },
-                    AttentionProcessor {
-                        index: block.processor + 1,
-                        hidden,
-                        context,
-                        cross: true,
-                    },
-                ]
-            })
-            .collect()
+        let parts = [
+            (UNetPart::Down, self.down_blocks.iter().collect::<Vec<_>>()),
+            (UNetPart::Up, self.up_blocks.iter().collect()),
+            (UNetPart::Mid, vec![&self.mid_block]),
+        ];
+        let mut out = Vec::new();
+        for (part, blocks) in parts {
+            for (block_index, block) in blocks.into_iter().enumerate() {
+                for (attention, transformer) in block.attentions.iter().enumerate() {
+                    let location = BlockLocation {
+                        part,
+                        block: block_index,
+                        attention,
+                    };
+                    for block in &transformer.transformer_blocks {
+                        let [context, hidden] = block.attn2.to_k.weight.dims();
+                        let own = block.attn1.to_q.weight.dims()[1];
+                        out.push(AttentionProcessor {
+                            index: block.processor,
+                            location,
+                            hidden: own,
+                            context: own,
+                            cross: false,
+                        });
+                        out.push(AttentionProcessor {
+                            index: block.processor + 1,
+                            location,
+                            hidden,
+                            context,
+                            cross: true,
+                        });
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Predicts noise (or v) for `sample` `[B, C, h, w]` at `timesteps` (one per batch item),

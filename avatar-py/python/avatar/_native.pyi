@@ -107,7 +107,7 @@ class StableDiffusion:
         progress: Optional[Callable[[int, int], object]] = None,
         ip_adapter_image: Optional[Union[Image, List[Optional[Image]]]] = None,
         face_embedding: Optional[Union[List[float], List[Optional[List[float]]]]] = None,
-        ip_adapter_scale: Optional[Union[float, List[float]]] = None,
+        ip_adapter_scale: Optional[Union[float, Dict[str, Any], List[Union[float, Dict[str, Any]]]]] = None,
         s_scale: Optional[float] = None,
         control_image: Optional[Union[Image, List[Optional[Image]]]] = None,
         controlnet_conditioning_scale: Optional[Union[float, List[float]]] = None,
@@ -118,7 +118,8 @@ class StableDiffusion:
         preview_mode: Literal["approximate", "vae"] = "approximate",
     ) -> List[Image]:
         """Images for a prompt; one `ip_adapter_image` (or `face_embedding` for FaceID /
-        InstantID) per loaded IP-Adapter, one `control_image` per loaded ControlNet.
+        InstantID) per loaded IP-Adapter, one `control_image` per loaded ControlNet;
+        `ip_adapter_scale` may be diffusers' per-block dict (`{"up": {"block_0": [0.0, 1.0, 0.0]}}`).
         `preview(step, total, images)` is called every `preview_every` steps with the images
         being drawn (`approximate`: latent-resolution colours, nearly free; `vae`: decoded)."""
     def image_to_image(

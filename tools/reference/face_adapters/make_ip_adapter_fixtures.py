@@ -40,6 +40,12 @@ CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
 
 
+# diffusers' set_ip_adapter_scale dicts (tiny UNets: SD1.5 attention in down block 0, mid and up
+# block 1 (2 attentions); SDXL in down block 1, mid and up block 0 (2 attentions x 2 layers)).
+BLOCK_SCALES = {"down": {"block_0": 0.3}, "mid": 0.6, "up": {"block_1": [1.0, 0.0]}}
+SDXL_BLOCK_SCALES = {"up": {"block_0": [0.0, 1.2]}}
+
+
 def gen(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -243,6 +249,13 @@ def main():
     pipe.set_ip_adapter_scale([0.5, 0.8])
     image, _ = run(pipe, latents, ip_adapter_image=[ref_image, ref_image])
     reference["multi_image"] = image
+    # Per-block scales (InstantStyle's dict form); blocks not named get 0.
+    pipe = fresh()
+    pipe.load_ip_adapter(OUT, subfolder="", weight_name="ip_adapter.safetensors", image_encoder_folder="image_encoder",
+                         local_files_only=True, low_cpu_mem_usage=False)
+    pipe.set_ip_adapter_scale(BLOCK_SCALES)
+    image, _ = run(pipe, latents, ip_adapter_image=ref_image)
+    reference["blocks_image"] = image
 
     # SDXL: the basic adapter with SDXL's context width.
     sdxl = load_pipe(StableDiffusionXLPipeline, os.path.join(DIFF, "sdxl_tiny"))
@@ -255,11 +268,15 @@ def main():
     image, tokens = run(sdxl, latents, ip_adapter_image=ref_image)
     reference["sdxl_tokens"] = tokens[0][:, 0]
     reference["sdxl_image"] = image
+    sdxl.set_ip_adapter_scale(SDXL_BLOCK_SCALES)
+    image, _ = run(sdxl, latents, ip_adapter_image=ref_image)
+    reference["sdxl_blocks_image"] = image
 
     save_st(os.path.join(OUT, "reference.safetensors"), reference,
             {"prompt": PROMPT, "negative_prompt": NEGATIVE, "scheduler": "DDIM from the folder's config",
              "steps": 2, "guidance_scale": 7.5, "size": 16,
-             "scales": {"basic": 0.7, "plus": 1.0, "full_face": 0.6, "faceid": 0.8, "multi": [0.5, 0.8], "sdxl": 0.9}})
+             "scales": {"basic": 0.7, "plus": 1.0, "full_face": 0.6, "faceid": 0.8, "multi": [0.5, 0.8], "sdxl": 0.9,
+                        "blocks": BLOCK_SCALES, "sdxl_blocks": SDXL_BLOCK_SCALES}})
     print("wrote", OUT)
 
 
