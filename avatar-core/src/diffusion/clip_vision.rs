@@ -8,11 +8,11 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Int, Tensor};
 use image::RgbaImage;
-use image::imageops::FilterType;
 use serde::Deserialize;
 
 use super::clip_text::{ClipActivation, ClipEncoder, ClipEncoderShape};
 use crate::error::{AvatarError, Result};
+use crate::imaging::pil_resize::{PilFilter, resize_rgb};
 use crate::imaging::{clip_normalize, rgb_to_tensor};
 
 /// A CLIP vision tower's config: transformers' `CLIPVisionConfig` (unknown keys ignored).
@@ -195,21 +195,19 @@ impl ClipVisionTransformer {
 
 /// transformers' `CLIPImageProcessor` on one image: shortest side resized to `size`
 /// (bicubic), centre crop to `size` x `size`, CLIP normalisation -> `[1, 3, size, size]`.
-/// (The processor resizes with PIL's bicubic filter; `image`'s Catmull-Rom differs from it by a
-/// few levels per pixel; an image already `size` x `size` is used as is.)
+/// The resize is Pillow's bicubic, bit-exact (`imaging::pil_resize`), as the processor's.
 pub fn clip_preprocess(image: &RgbaImage, size: usize, device: &Device) -> Tensor<4> {
     let side = size as u32;
-    let (w, h) = image.dimensions();
-    let cropped = if (w, h) == (side, side) {
-        image.clone()
-    } else {
-        let scale = f64::from(side) / f64::from(w.min(h).max(1));
-        let (nw, nh) = (
-            ((f64::from(w) * scale).round() as u32).max(side),
-            ((f64::from(h) * scale).round() as u32).max(side),
-        );
-        let resized = image::imageops::resize(image, nw, nh, FilterType::CatmullRom);
-        image::imageops::crop_imm(&resized, (nw - side) / 2, (nh - side) / 2, side, side).to_image()
-    };
+    let rgb = image::DynamicImage::ImageRgba8(image.clone()).to_rgb8();
+    let (w, h) = rgb.dimensions();
+    // transformers' `get_resize_output_image_size(default_to_square=False)`: the short side
+    // becomes `size`, the long one `int(size * long / short)`.
+    let (short, long) = (w.min(h).max(1), w.max(h));
+    let long = ((f64::from(side) * f64::from(long) / f64::from(short)) as u32).max(side);
+    let (nw, nh) = if w <= h { (side, long) } else { (long, side) };
+    let resized = resize_rgb(&rgb, nw, nh, PilFilter::Bicubic);
+    let cropped = image::imageops::crop_imm(&resized, (nw - side) / 2, (nh - side) / 2, side, side)
+        .to_image();
+    let cropped = image::DynamicImage::ImageRgb8(cropped).to_rgba8();
     clip_normalize(rgb_to_tensor(&cropped, device))
 }

@@ -7,6 +7,7 @@ pub mod cv_geometry;
 mod encode;
 mod keypoints;
 mod matte;
+pub mod pil_resize;
 mod tensor;
 
 pub use canny::{canny, canny_image, rgb_to_gray};

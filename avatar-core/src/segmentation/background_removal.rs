@@ -1,15 +1,16 @@
 //! Background removal with a U²-Net, as rembg's `U2netSession` does it: the RGB image resized to
-//! a square (320 px by default), scaled by its maximum, ImageNet-normalised; the fused mask `d0`
-//! min-max stretched, quantised to 8 bits and resized back to the image as its alpha channel.
+//! a square (320 px by default; Pillow's Lanczos, bit-exact), scaled by its maximum,
+//! ImageNet-normalised; the fused mask `d0` min-max stretched, quantised to 8 bits and resized
+//! back (Lanczos) to the image as its alpha channel.
 
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use image::imageops::FilterType;
 use image::{GrayImage, RgbaImage};
 
 use super::u2net::U2Net;
 use crate::error::{AvatarError, Result};
+use crate::imaging::pil_resize::{PilFilter, resize_gray, resize_rgb};
 
 /// ImageNet mean and standard deviation (rembg's normalisation for U²-Net).
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -59,11 +60,12 @@ impl BackgroundRemover {
         &self.model
     }
 
-    /// rembg's input: RGB resized (Lanczos) to the input size, divided by its largest value,
+    /// rembg's input: RGB resized (Pillow's Lanczos) to the input size, divided by its largest value,
     /// ImageNet-normalised; `[1, 3, size, size]`.
     pub fn input_tensor(&self, image: &RgbaImage) -> Tensor<4> {
         let size = self.input_size;
-        let resized = image::imageops::resize(image, size, size, FilterType::Lanczos3);
+        let rgb = image::DynamicImage::ImageRgba8(image.clone()).to_rgb8();
+        let resized = resize_rgb(&rgb, size, size, PilFilter::Lanczos);
         let max = resized
             .pixels()
             .flat_map(|p| p.0[..3].iter().copied())
@@ -105,7 +107,7 @@ impl BackgroundRemover {
         let mask = stretch_to_u8(&saliency);
         let mask = GrayImage::from_raw(mw as u32, mh as u32, mask)
             .expect("the mask has the network's output size");
-        Ok(image::imageops::resize(&mask, w, h, FilterType::Lanczos3))
+        Ok(resize_gray(&mask, w, h, PilFilter::Lanczos))
     }
 
     /// The image with its background transparent: alpha = mask x the image's own alpha; the
