@@ -404,6 +404,8 @@ export interface TextToImageOptions {
   previewEvery?: number
   /** `approximate` (default: latent-resolution colours, nearly free) or `vae` (decoded). */
   previewMode?: string
+  /** Encode prompts past 75 tokens in 75-token windows instead of truncating them. */
+  longPrompt?: boolean
 }
 
 /** Options of a VQGAN+CLIP run (the core's names, camelCase). */

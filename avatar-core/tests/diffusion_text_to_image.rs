@@ -422,3 +422,48 @@ fn previews_show_the_image_being_denoised() {
             .is_err_and(|e| e.field() == Some("preview_mode"))
     );
 }
+
+#[test]
+fn long_prompts_are_encoded_in_windows() {
+    let device = Device::flex();
+    let long = (0..40)
+        .map(|i| format!("a smiling cartoon avatar number {i} with a hat"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for folder in ["sd15_tiny", "sdxl_tiny"] {
+        let pipeline = StableDiffusion::load(&fixtures().join(folder), &device).unwrap();
+        assert_eq!(pipeline.prompt_windows("an avatar"), 1);
+        let windows = pipeline.prompt_windows(&long);
+        assert!(windows >= 3, "{folder}: {windows} windows");
+        let (truncated, pooled_one) = pipeline.encode_prompt(&long, 1);
+        let (windowed, pooled_many) = pipeline.encode_prompt(&long, windows);
+        let [_, length, width] = windowed.dims();
+        assert_eq!(length, 77 * windows);
+        // The first window is the truncated encoding; the pooled one comes from it (SDXL).
+        let first = windowed.clone().slice([0..1, 0..77, 0..width]);
+        assert!((first - truncated.clone()).abs().max().into_scalar::<f32>() < 1e-6);
+        if let (Some(a), Some(b)) = (pooled_one, pooled_many) {
+            assert!((a - b).abs().max().into_scalar::<f32>() < 1e-6);
+        }
+        // A later window is text, not padding.
+        let (empty, _) = pipeline.encode_prompt("", 1);
+        let second = windowed.slice([0..1, 77..154, 0..width]);
+        assert!((second - empty).abs().max().into_scalar::<f32>() > 1e-3);
+
+        let options = |prompt: &str, long_prompt: bool| TextToImageOptions {
+            prompt: prompt.into(),
+            negative_prompt: "blurry".into(),
+            num_inference_steps: 1,
+            seed: Some(4.into()),
+            long_prompt,
+            ..Default::default()
+        };
+        let draw = |o: TextToImageOptions| pipeline.text_to_image(&o, |_| true).unwrap();
+        // Short prompts are unchanged; long ones see their whole text.
+        assert_eq!(
+            draw(options("an avatar", true)),
+            draw(options("an avatar", false))
+        );
+        assert_ne!(draw(options(&long, true)), draw(options(&long, false)));
+    }
+}

@@ -451,6 +451,8 @@ pub struct TextToImageOptions {
     pub preview_every: Option<u32>,
     /// `approximate` (default: latent-resolution colours, nearly free) or `vae` (decoded).
     pub preview_mode: Option<String>,
+    /// Encode prompts past 75 tokens in 75-token windows instead of truncating them.
+    pub long_prompt: Option<bool>,
 }
 
 /// An IP-Adapter's input: an image (IP-Adapter, Plus, Full-Face) or a face embedding (FaceID,
@@ -826,6 +828,7 @@ impl StableDiffusion {
                     }
                     None => None,
                 },
+                long_prompt: options.long_prompt.unwrap_or(false),
                 ..Default::default()
             };
             let safety = self.task_safety(

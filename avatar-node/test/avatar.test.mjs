@@ -174,6 +174,10 @@ test('StableDiffusion.textToImage reports previews with its progress', async () 
   assert.deepEqual(seen.map((p) => [p.done, p.preview ? p.preview.length : 0]), [[1, 0], [2, 1], [3, 1]]);
   assert.deepEqual(pngInfo(seen[2].preview[0]), pngInfo(image));
   assert.throws(() => pipe.textToImage({ prompt: 'x', previewEvery: 1, previewMode: 'nope' }), (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'previewMode');
+  const long = Array.from({ length: 40 }, (_, i) => `a smiling cartoon avatar number ${i} with a hat`).join(', ');
+  const [truncated] = await pipe.textToImage({ prompt: long, numInferenceSteps: 1, guidanceScale: 1, seed: 4 });
+  const [whole] = await pipe.textToImage({ prompt: long, numInferenceSteps: 1, guidanceScale: 1, seed: 4, longPrompt: true });
+  assert.ok(!truncated.equals(whole), 'the whole long prompt is seen');
 });
 
 test('StableDiffusion.faceAvatar draws seed 001 avatars from a reference photo', async () => {

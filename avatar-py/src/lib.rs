@@ -620,7 +620,7 @@ impl StableDiffusion {
     /// `ip_adapter_scale` (FaceID-Plus takes both the face crop and its embedding, and v2's
     /// `s_scale`); with loaded ControlNets, one `control_image` per ControlNet and
     /// `controlnet_conditioning_scale` (a value or one per ControlNet).
-    #[pyo3(signature = (prompt, negative_prompt = String::new(), num_inference_steps = 30, guidance_scale = 7.5, width = None, height = None, num_images = 1, seed = None, scheduler = None, progress = None, ip_adapter_image = None, face_embedding = None, ip_adapter_scale = None, s_scale = None, control_image = None, controlnet_conditioning_scale = None, safety_checker = false, safety_checker_type = None, preview = None, preview_every = 1, preview_mode = "approximate"))]
+    #[pyo3(signature = (prompt, negative_prompt = String::new(), num_inference_steps = 30, guidance_scale = 7.5, width = None, height = None, num_images = 1, seed = None, scheduler = None, progress = None, ip_adapter_image = None, face_embedding = None, ip_adapter_scale = None, s_scale = None, control_image = None, controlnet_conditioning_scale = None, safety_checker = false, safety_checker_type = None, preview = None, preview_every = 1, preview_mode = "approximate", long_prompt = false))]
     #[allow(clippy::too_many_arguments)]
     fn text_to_image<'py>(
         &self,
@@ -646,6 +646,7 @@ impl StableDiffusion {
         preview: Option<Py<PyAny>>,
         preview_every: usize,
         preview_mode: &str,
+        long_prompt: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let mut options = diffusion_options(
             prompt,
@@ -670,6 +671,7 @@ impl StableDiffusion {
             control_image.as_ref(),
             controlnet_conditioning_scale.as_ref(),
         )?;
+        options.long_prompt = long_prompt;
         // A raising preview callback cancels at the next step and its exception propagates.
         let preview_error: std::sync::Arc<Mutex<Option<PyErr>>> = Default::default();
         if let Some(callback) = preview {

@@ -423,8 +423,13 @@ def test_face_analysis_feeds_instantid() -> None:
         avatar.FaceAnalysis(FACES / "rec_tiny.onnx", FACES / "rec_tiny.onnx")
 
 
-def test_text_to_image_previews() -> None:
+def test_long_prompts_and_previews() -> None:
     pipe = avatar.StableDiffusion(TINY_SD)
+    long = ", ".join(f"a smiling cartoon avatar number {i} with a hat" for i in range(40))
+    common = dict(num_inference_steps=1, guidance_scale=1.0, seed=4)
+    whole = pipe.text_to_image(long, long_prompt=True, **common)[0]
+    assert whole.tobytes() != pipe.text_to_image(long, **common)[0].tobytes()
+
     seen: list[tuple[int, int, list[Image.Image]]] = []
     images = pipe.text_to_image("an avatar", num_inference_steps=3, guidance_scale=1.0, seed=2, scheduler="euler",
                                 preview=lambda s, t, ims: seen.append((s, t, ims)), preview_every=2,

@@ -69,6 +69,9 @@ pub struct TextToImageOptions {
     pub controlnet: Vec<ControlNetPrompt>,
     /// Previews of the images while they are denoised.
     pub preview: Option<PreviewOptions>,
+    /// Encode prompts longer than 75 tokens in 75-token windows (compel's / A1111's way)
+    /// instead of truncating them as diffusers does.
+    pub long_prompt: bool,
 }
 
 /// One ControlNet's input for a generation (diffusers' `image`,
@@ -125,6 +128,7 @@ impl Default for TextToImageOptions {
             ip_adapter: Vec::new(),
             controlnet: Vec::new(),
             preview: None,
+            long_prompt: false,
         }
     }
 }
@@ -466,27 +470,52 @@ impl StableDiffusion {
         self.towers.len() == 2
     }
 
-    /// `(prompt_embeds [1, 77, D], pooled [1, P])` of one text, as the pipelines encode it.
-    fn encode(&self, text: &str) -> (Tensor<3>, Option<Tensor<2>>) {
+    /// How many 75-token windows `text` fills (at least 1).
+    pub fn prompt_windows(&self, text: &str) -> usize {
+        self.towers[0]
+            .tokenizer
+            .encode(text)
+            .len()
+            .div_ceil(MAX_LENGTH - 2)
+            .max(1)
+    }
+
+    /// `(prompt_embeds [1, 77 * windows, D], pooled [1, P])` of one text: one window is how the
+    /// diffusers pipelines encode it (truncated to 75 tokens); more windows encode each run of
+    /// 75 tokens on its own and concatenate them (SDXL's pooled embedding from the first).
+    pub fn encode_prompt(&self, text: &str, windows: usize) -> (Tensor<3>, Option<Tensor<2>>) {
+        let windows = windows.max(1);
         let outputs: Vec<_> = self
             .towers
             .iter()
             .map(|tower| {
-                let ids = tower.tokenizer.encode_padded(text, MAX_LENGTH);
-                let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+                let ids: Vec<i64> = tower
+                    .tokenizer
+                    .encode_windows(text, MAX_LENGTH, windows)
+                    .into_iter()
+                    .flatten()
+                    .map(i64::from)
+                    .collect();
                 let ids = Tensor::<2, Int>::from_data(
-                    TensorData::new(ids, [1, MAX_LENGTH]),
+                    TensorData::new(ids, [windows, MAX_LENGTH]),
                     &self.device,
                 );
                 tower.encoder.forward(ids)
             })
             .collect();
+        let joined = |t: Tensor<3>| {
+            let [_, _, d] = t.dims();
+            t.reshape([1, windows * MAX_LENGTH, d])
+        };
         if self.is_xl() {
             let embeds = Tensor::cat(outputs.iter().map(|o| o.penultimate()).collect(), 2);
-            let pooled = outputs[1].text_embeds.clone();
-            (embeds, pooled)
+            let pooled = outputs[1].text_embeds.clone().map(|p| {
+                let [_, d] = p.dims();
+                p.slice([0..1, 0..d])
+            });
+            (joined(embeds), pooled)
         } else {
-            (outputs[0].last_hidden_state.clone(), None)
+            (joined(outputs[0].last_hidden_state.clone()), None)
         }
     }
 
@@ -537,7 +566,15 @@ impl StableDiffusion {
             ));
         }
         let n = options.num_images;
-        let (positive, pooled) = self.encode(&options.prompt);
+        // Long prompts: as many windows as the longer of the two prompts needs (the other is
+        // padded with empty windows, so both batch together under guidance).
+        let windows = if options.long_prompt {
+            self.prompt_windows(&options.prompt)
+                .max(self.prompt_windows(&options.negative_prompt))
+        } else {
+            1
+        };
+        let (positive, pooled) = self.encode_prompt(&options.prompt, windows);
         let guided = options.guidance_scale > 1.0;
         let repeat2 = |t: Tensor<2>| Tensor::cat(vec![t; n], 0);
         let repeat3 = |t: Tensor<3>| Tensor::cat(vec![t; n], 0);
@@ -549,7 +586,7 @@ impl StableDiffusion {
                 pooled.as_ref().map(Tensor::zeros_like),
             )
         } else {
-            self.encode(&options.negative_prompt)
+            self.encode_prompt(&options.negative_prompt, windows)
         };
         let (prompt_embeds, text_embeds) = if guided {
             (

@@ -244,6 +244,26 @@ impl ClipTokenizer {
         out
     }
 
+    /// `text` in `windows` padded sequences of `max_length`: its ids split into runs of
+    /// `max_length - 2`, each wrapped as `[BOS, ids..., EOS, pad...]` (compel's / A1111's way
+    /// past 77 tokens); runs beyond the text are empty (`[BOS, EOS, pad...]`), ids beyond
+    /// `windows` runs are dropped. One window is [`encode_padded`](Self::encode_padded).
+    pub fn encode_windows(&self, text: &str, max_length: usize, windows: usize) -> Vec<Vec<u32>> {
+        let ids = self.encode(text);
+        let run = max_length.saturating_sub(2).max(1);
+        (0..windows.max(1))
+            .map(|w| {
+                let chunk = ids.iter().skip(w * run).take(run).copied();
+                let mut out = Vec::with_capacity(max_length);
+                out.push(self.bos);
+                out.extend(chunk);
+                out.push(self.eos);
+                out.resize(max_length, self.pad);
+                out
+            })
+            .collect()
+    }
+
     /// BPE of one byte-mapped word, memoised.
     fn bpe(&self, word: &str) -> Vec<u32> {
         if let Some(ids) = self

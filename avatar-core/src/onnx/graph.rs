@@ -379,6 +379,12 @@ impl OnnxGraph {
             ),
             "PRelu" => {
                 let (x, shape) = arg(0)?.on_device(device)?;
+                if broadcast_shape(&shape, arg(1)?.shape())? != shape {
+                    return Err(bad(format!(
+                        "slope {:?} does not broadcast to {shape:?}",
+                        arg(1)?.shape()
+                    )));
+                }
                 let slope = broadcast_to_rank(arg(1)?, shape.len(), device)?;
                 let negative = x.clone().clamp_max(0.0) * slope;
                 one(Value::device(x.clamp_min(0.0) + negative, shape))
@@ -572,8 +578,11 @@ impl OnnxGraph {
                 if attrs.i("transB", 0) != 0 {
                     b = b.transpose();
                 }
-                let [m, _] = a.dims();
-                let [_, n] = b.dims();
+                let [m, k] = a.dims();
+                let [k2, n] = b.dims();
+                if k != k2 {
+                    return Err(bad(format!("Gemm of [{m}, {k}] and [{k2}, {n}]")));
+                }
                 let mut y = a.matmul(b) * attrs.f("alpha", 1.0);
                 if let Some(c) = opt(2) {
                     let c = broadcast_to_rank(c, 2, device)?;
@@ -588,6 +597,9 @@ impl OnnxGraph {
                 let (b, b_shape) = arg(1)?.on_device(device)?;
                 if a_shape.len() < 2 || b_shape.len() < 2 {
                     return Err(bad("1-d MatMul operands are not supported"));
+                }
+                if a_shape[a_shape.len() - 1] != b_shape[b_shape.len() - 2] {
+                    return Err(bad(format!("MatMul of {a_shape:?} and {b_shape:?}")));
                 }
                 let y = a.matmul(b);
                 let mut shape =
@@ -630,16 +642,17 @@ impl OnnxGraph {
             .map(|b| b.on_device(device))
             .transpose()?
             .map(|(t, s)| t.reshape([s.iter().product::<usize>()]));
+        let groups = attrs.i("group", 1).max(1) as usize;
+        if shape[1] != w_shape[1] * groups || w_shape[0] % groups != 0 {
+            return Err(bad(format!(
+                "input {shape:?} does not fit weight {w_shape:?} with {groups} groups"
+            )));
+        }
         let kernel = [w_shape[2], w_shape[3]];
         let strides = pair(&attrs.ints("strides"), 1);
         let dilations = pair(&attrs.ints("dilations"), 1);
         let padding = padding_pairs(attrs, [shape[2], shape[3]], kernel, strides, dilations)?;
-        let options = ConvOptions::new_with_padding(
-            strides,
-            padding,
-            dilations,
-            attrs.i("group", 1).max(1) as usize,
-        );
+        let options = ConvOptions::new_with_padding(strides, padding, dilations, groups);
         let y = conv2d(x, w, bias, options);
         let dims = y.dims().to_vec();
         Ok(vec![Value::device(y, dims)])
@@ -1145,8 +1158,16 @@ fn concat(values: &[&Value], axis: i64, device: &Device) -> Result<Value> {
     shape[axis] = 0;
     for v in values {
         let (t, s) = v.on_device(device)?;
-        if s.len() != rank {
-            return Err(bad("concatenating tensors of different ranks"));
+        let fits = s.len() == rank
+            && s.iter()
+                .zip(first.shape())
+                .enumerate()
+                .all(|(i, (a, b))| i == axis || a == b);
+        if !fits {
+            return Err(bad(format!(
+                "cannot concatenate {s:?} and {:?} on axis {axis}",
+                first.shape()
+            )));
         }
         shape[axis] += s[axis];
         tensors.push(t);
@@ -1381,6 +1402,72 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out[0].to_host().unwrap().0, vec![3.0, -3.0]);
+    }
+
+    fn model(nodes: Vec<NodeProto>, initializer: Vec<TensorProto>) -> Vec<u8> {
+        use super::super::proto::{GraphProto, ValueInfoProto};
+        use prost::Message;
+        let value = |name: &str| ValueInfoProto {
+            name: name.into(),
+            r#type: None,
+        };
+        ModelProto {
+            ir_version: 8,
+            graph: Some(GraphProto {
+                node: nodes,
+                name: "g".into(),
+                initializer,
+                input: vec![value("x")],
+                output: vec![value("y")],
+            }),
+            opset_import: vec![],
+        }
+        .encode_to_vec()
+    }
+
+    fn node(op: &str, inputs: &[&str]) -> NodeProto {
+        NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec!["y".into()],
+            name: format!("{op}_0"),
+            op_type: op.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unsupported_operators_and_misfit_weights_are_errors_not_panics() {
+        let device = Device::flex();
+        let err = OnnxGraph::from_bytes(&model(vec![node("Einsum", &["x"])], vec![]), "m", &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Einsum") && err.contains("Einsum_0"), "{err}");
+        // A 3-channel convolution fed 2 channels.
+        let weight = TensorProto {
+            dims: vec![4, 3, 1, 1],
+            data_type: 1,
+            float_data: vec![0.5; 12],
+            name: "w".into(),
+            ..Default::default()
+        };
+        let graph = OnnxGraph::from_bytes(
+            &model(vec![node("Conv", &["x", "w"])], vec![weight]),
+            "m",
+            &device,
+        )
+        .unwrap();
+        let x = Tensor::<4>::zeros([1, 2, 4, 4], &device);
+        let err = graph
+            .run(vec![("x".into(), Value::device(x, vec![1, 2, 4, 4]))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not fit weight"), "{err}");
+        let ok = Tensor::<4>::ones([1, 3, 4, 4], &device);
+        let out = graph
+            .run(vec![("x".into(), Value::device(ok, vec![1, 3, 4, 4]))])
+            .unwrap();
+        assert_eq!(out[0].shape(), &[1, 4, 4, 4]);
+        assert_eq!(out[0].to_host().unwrap().0[0], 1.5);
     }
 
     #[test]

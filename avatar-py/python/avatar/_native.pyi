@@ -116,12 +116,15 @@ class StableDiffusion:
         preview: Optional[Callable[[int, int, List[Image]], object]] = None,
         preview_every: int = 1,
         preview_mode: Literal["approximate", "vae"] = "approximate",
+        long_prompt: bool = False,
     ) -> List[Image]:
         """Images for a prompt; one `ip_adapter_image` (or `face_embedding` for FaceID /
         InstantID) per loaded IP-Adapter, one `control_image` per loaded ControlNet;
         `ip_adapter_scale` may be diffusers' per-block dict (`{"up": {"block_0": [0.0, 1.0, 0.0]}}`).
         `preview(step, total, images)` is called every `preview_every` steps with the images
-        being drawn (`approximate`: latent-resolution colours, nearly free; `vae`: decoded)."""
+        being drawn (`approximate`: latent-resolution colours, nearly free; `vae`: decoded).
+        `long_prompt=True` encodes prompts past 75 tokens in 75-token windows instead of
+        truncating them."""
     def image_to_image(
         self,
         image: Image,
