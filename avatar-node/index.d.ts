@@ -133,6 +133,13 @@ export interface AdapterFiles {
    * `removeBackground` (without them, plain backgrounds are keyed).
    */
   backgroundModel?: string
+  /**
+   * insightface's SCRFD `.onnx`: with `faceRecognizer`, `faceAvatar` gives a loaded
+   * IP-Adapter-FaceID(-Plus) the reference's face embedding.
+   */
+  faceDetector?: string
+  /** insightface's ArcFace `.onnx`. */
+  faceRecognizer?: string
 }
 
 /** One analysed face (insightface's fields). */

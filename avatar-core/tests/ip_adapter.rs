@@ -430,3 +430,50 @@ fn sdxl_per_block_scales_match_diffusers() {
     let prompt = IpAdapterPrompt::image(reference_image(), 1.0).with_block_scales(blocks);
     check_image(&sd, &options(&device, vec![prompt]), "sdxl_blocks_image");
 }
+
+#[test]
+fn face_avatars_give_faceid_the_largest_face_of_the_reference() {
+    use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, FaceAvatarTools, face_avatars};
+    use avatar_core::face_analysis::{DetectionOptions, FaceAnalysis};
+    let device = Device::flex();
+    let mut sd = pipeline("sd15_tiny", &device);
+    sd.load_ip_adapter(&adapters().join("ip_adapter_faceid.bin"), None)
+        .unwrap();
+    let faces = adapters().join("../face_analysis");
+    let analysis = std::sync::Arc::new(
+        FaceAnalysis::load(
+            &faces.join("det_tiny.onnx"),
+            &faces.join("rec_tiny.onnx"),
+            &device,
+        )
+        .unwrap(),
+    );
+    let photo = image::open(faces.join("faces.png")).unwrap().to_rgba8();
+    let options = FaceAvatarOptions {
+        width: 256,
+        height: 256,
+        num_inference_steps: 1,
+        guidance_scale: 1.0,
+        seed: 3,
+        ip_adapter_scale: 1.0,
+        ..Default::default()
+    };
+    let with_faces = |threshold: f32| FaceAvatarTools {
+        faces: Some((
+            analysis.clone(),
+            DetectionOptions {
+                input_size: (160, 160),
+                threshold,
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let steered = face_avatars(&sd, &photo, &options, &with_faces(0.5), |_| true).unwrap();
+    // Without face analysis a FaceID adapter has no input and stays off.
+    let plain = face_avatars(&sd, &photo, &options, &Default::default(), |_| true).unwrap();
+    assert_ne!(steered, plain, "the face embedding steers the drawing");
+    // No face found: an error naming the reference image.
+    let err = face_avatars(&sd, &photo, &options, &with_faces(1.0), |_| true).unwrap_err();
+    assert_eq!(err.field(), Some("image"));
+}

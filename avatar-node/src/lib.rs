@@ -502,6 +502,11 @@ pub struct AdapterFiles {
     /// U²-Net weights (`u2net.pth`, `u2netp.pth`, ... or safetensors) for `faceAvatar`'s
     /// `removeBackground` (without them, plain backgrounds are keyed).
     pub background_model: Option<String>,
+    /// insightface's SCRFD `.onnx`: with `faceRecognizer`, `faceAvatar` gives a loaded
+    /// IP-Adapter-FaceID(-Plus) the reference's face embedding.
+    pub face_detector: Option<String>,
+    /// insightface's ArcFace `.onnx`.
+    pub face_recognizer: Option<String>,
 }
 
 fn adapter_prompts(
@@ -567,7 +572,7 @@ fn control_prompts(
 pub struct StableDiffusion {
     inner: Arc<avatar_core::diffusion::pipeline::StableDiffusion>,
     safety: Option<Arc<avatar_core::diffusion::safety_checker::SafetyFilter>>,
-    background: avatar_core::segmentation::BackgroundRemoval,
+    tools: avatar_core::diffusion::face_avatar::FaceAvatarTools,
 }
 
 /// The safety filter a task applies (`safetyChecker: true`) with its `safetyCheckerType`.
@@ -621,7 +626,7 @@ enum DiffusionWork {
         Arc<avatar_core::diffusion::pipeline::StableDiffusion>,
         image::RgbaImage,
         Box<avatar_core::diffusion::face_avatar::FaceAvatarOptions>,
-        avatar_core::segmentation::BackgroundRemoval,
+        avatar_core::diffusion::face_avatar::FaceAvatarTools,
     ),
 }
 
@@ -661,9 +666,9 @@ impl Task for DiffusionTask {
             DiffusionWork::Image(pipeline, image, strength) => {
                 pipeline.image_to_image(image, *strength, &self.options, report)
             }
-            DiffusionWork::Face(pipeline, image, options, background) => {
+            DiffusionWork::Face(pipeline, image, options, tools) => {
                 avatar_core::diffusion::face_avatar::face_avatars(
-                    pipeline, image, options, background, report,
+                    pipeline, image, options, tools, report,
                 )
             }
             DiffusionWork::Text(pipeline) => pipeline.text_to_image(&self.options, report),
@@ -745,13 +750,34 @@ impl StableDiffusion {
                 )),
                 None => Default::default(),
             };
-            Ok((pipeline, safety, background))
+            let faces = match (
+                adapters.face_detector.as_deref(),
+                adapters.face_recognizer.as_deref(),
+            ) {
+                (Some(detector), Some(recognizer)) => Some((
+                    Arc::new(avatar_core::face_analysis::FaceAnalysis::load(
+                        std::path::Path::new(detector),
+                        std::path::Path::new(recognizer),
+                        &spec.device()?,
+                    )?),
+                    avatar_core::face_analysis::DetectionOptions::default(),
+                )),
+                (None, None) => None,
+                _ => {
+                    return Err(AvatarError::invalid(
+                        "faceDetector",
+                        "faceDetector and faceRecognizer go together",
+                    ));
+                }
+            };
+            let tools = avatar_core::diffusion::face_avatar::FaceAvatarTools { background, faces };
+            Ok((pipeline, safety, tools))
         };
-        let (inner, safety, background) = load().map_err(|e| sync_error(&env, e))?;
+        let (inner, safety, tools) = load().map_err(|e| sync_error(&env, e))?;
         Ok(StableDiffusion {
             inner: Arc::new(inner),
             safety: safety.map(Arc::new),
-            background,
+            tools,
         })
     }
 
@@ -908,7 +934,7 @@ impl StableDiffusion {
                 self.inner.clone(),
                 core.0,
                 Box::new(core.1),
-                self.background.clone(),
+                self.tools.clone(),
             ),
             cancelled: Arc::default(),
             progress: on_progress,

@@ -299,7 +299,7 @@ impl AvatarGenerator {
 struct StableDiffusion {
     inner: avatar_core::diffusion::pipeline::StableDiffusion,
     safety: Option<avatar_core::diffusion::safety_checker::SafetyFilter>,
-    background: avatar_core::segmentation::BackgroundRemoval,
+    tools: avatar_core::diffusion::face_avatar::FaceAvatarTools,
 }
 
 impl StableDiffusion {
@@ -553,7 +553,7 @@ fn controlnet_prompts(
 #[pymethods]
 impl StableDiffusion {
     #[new]
-    #[pyo3(signature = (model, device = "cpu", ip_adapters = None, image_encoder = None, controlnets = None, safety_checker = None, background_model = None))]
+    #[pyo3(signature = (model, device = "cpu", ip_adapters = None, image_encoder = None, controlnets = None, safety_checker = None, background_model = None, face_analysis = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -564,7 +564,9 @@ impl StableDiffusion {
         controlnets: Option<Vec<std::path::PathBuf>>,
         safety_checker: Option<std::path::PathBuf>,
         background_model: Option<std::path::PathBuf>,
+        face_analysis: Option<PyRef<'_, FaceAnalysis>>,
     ) -> PyResult<Self> {
+        let faces = face_analysis.map(|f| (f.inner.clone(), f.options));
         let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
         let (inner, safety, background) = py
             .detach(|| {
@@ -605,7 +607,7 @@ impl StableDiffusion {
         Ok(StableDiffusion {
             inner,
             safety,
-            background,
+            tools: avatar_core::diffusion::face_avatar::FaceAvatarTools { background, faces },
         })
     }
 
@@ -798,7 +800,7 @@ impl StableDiffusion {
                 &self.inner,
                 &reference,
                 &options,
-                &self.background,
+                &self.tools,
                 report,
             )
         })?;
@@ -1175,7 +1177,7 @@ impl BackgroundRemover {
 /// `w600k_r50.onnx` for IP-Adapter-FaceID).
 #[pyclass(frozen, module = "avatar")]
 struct FaceAnalysis {
-    inner: avatar_core::face_analysis::FaceAnalysis,
+    inner: std::sync::Arc<avatar_core::face_analysis::FaceAnalysis>,
     options: avatar_core::face_analysis::DetectionOptions,
 }
 
@@ -1201,11 +1203,11 @@ impl FaceAnalysis {
         };
         options.validate().map_err(to_py_err)?;
         py.detach(|| {
-            let inner = avatar_core::face_analysis::FaceAnalysis::load(
+            let inner = std::sync::Arc::new(avatar_core::face_analysis::FaceAnalysis::load(
                 &detector,
                 &recognizer,
                 &spec.device()?,
-            )?;
+            )?);
             Ok(FaceAnalysis { inner, options })
         })
         .map_err(to_py_err)

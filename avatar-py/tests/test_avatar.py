@@ -416,6 +416,14 @@ def test_face_analysis_feeds_instantid() -> None:
     [image] = model.generate(photo, face["embedding"], [tuple(p) for p in face["kps"]], "portrait",
                              width=64, height=64, seed=1, controlnet_selection=[])
     assert image.size == (64, 64)
+    # Seed 001's face avatars give a loaded FaceID adapter the reference's face.
+    faceid = avatar.StableDiffusion(TINY_SD, ip_adapters=[FIXTURES / "ip_adapter/ip_adapter_faceid.bin"],
+                                    face_analysis=analysis)
+    common = dict(width=256, height=256, num_inference_steps=1, guidance_scale=1.0, seed=3, ip_adapter_scale=1.0)
+    steered = faceid.face_avatar(photo, **common)[0]
+    plain = avatar.StableDiffusion(TINY_SD, ip_adapters=[FIXTURES / "ip_adapter/ip_adapter_faceid.bin"]).face_avatar(
+        photo, **common)[0]
+    assert steered.tobytes() != plain.tobytes()
     with pytest.raises(avatar.InvalidOptionError) as info:
         avatar.FaceAnalysis(FACES / "det_tiny.onnx", FACES / "rec_tiny.onnx", det_size=(100, 100))
     assert info.value.field == "det_size"

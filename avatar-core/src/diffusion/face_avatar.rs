@@ -227,23 +227,86 @@ pub fn finish_background(
     Ok(image)
 }
 
+/// What face avatars use besides the pipeline: how backgrounds are removed and, for a loaded
+/// IP-Adapter-FaceID(-Plus), the face analysis that gives the reference's face embedding.
+#[derive(Debug, Clone, Default)]
+pub struct FaceAvatarTools {
+    /// `remove_background`'s method.
+    pub background: BackgroundRemoval,
+    /// Face detection + recognition, and its settings.
+    #[cfg(feature = "face-analysis")]
+    pub faces: Option<(
+        std::sync::Arc<crate::face_analysis::FaceAnalysis>,
+        crate::face_analysis::DetectionOptions,
+    )>,
+}
+
+/// The IP-Adapter prompt of a face-avatar request: the reference image for image adapters
+/// (Plus-Face, ...); for FaceID, the embedding (and for FaceID-Plus the aligned crop) of the
+/// reference's largest face when face analysis is available; nothing otherwise.
+fn adapter_prompts(
+    pipeline: &StableDiffusion,
+    reference: &RgbaImage,
+    start: &RgbaImage,
+    options: &FaceAvatarOptions,
+    tools: &FaceAvatarTools,
+) -> Result<Vec<IpAdapterPrompt>> {
+    let [adapter] = pipeline.ip_adapters() else {
+        return Ok(Vec::new());
+    };
+    let kind = adapter.kind();
+    if !kind.takes_face_embedding() {
+        return Ok(vec![IpAdapterPrompt::image(
+            start.clone(),
+            options.ip_adapter_scale,
+        )]);
+    }
+    #[cfg(feature = "face-analysis")]
+    if let Some((faces, detection)) = &tools.faces {
+        use super::ip_adapter::IpAdapterKind;
+        let rgb = image::DynamicImage::ImageRgba8(reference.clone()).to_rgb8();
+        let face = faces.reference_face(&rgb, detection, "image")?;
+        return Ok(match kind {
+            IpAdapterKind::FaceId => vec![IpAdapterPrompt::face(
+                face.embedding,
+                options.ip_adapter_scale,
+            )],
+            IpAdapterKind::FaceIdPlus => {
+                // IP-Adapter-FaceID-Plus's recipe: the 224 px insightface crop as the image.
+                let (crop, _) = crate::face_analysis::align::norm_crop(&rgb, &face.keypoints, 224)?;
+                let crop = image::DynamicImage::ImageRgb8(crop).to_rgba8();
+                vec![IpAdapterPrompt::face_plus(
+                    crop,
+                    face.embedding,
+                    options.ip_adapter_scale,
+                    None,
+                )]
+            }
+            _ => Vec::new(),
+        });
+    }
+    let _ = (reference, tools);
+    Ok(Vec::new())
+}
+
 /// Draws `options.batch` avatars from `reference` (any size; fitted, then resized to the
-/// output size); `remove_background` uses `removal`. `progress` is called after every denoising
-/// step; returning `false` cancels.
+/// output size), with `tools` (background removal, face analysis for FaceID). `progress` is
+/// called after every denoising step; returning `false` cancels.
 pub fn face_avatars(
     pipeline: &StableDiffusion,
     reference: &RgbaImage,
     options: &FaceAvatarOptions,
-    removal: &BackgroundRemoval,
+    tools: &FaceAvatarTools,
     progress: impl FnMut(Progress) -> bool,
 ) -> Result<Vec<RgbaImage>> {
     options.validate()?;
     let (w, h) = (options.width / 8 * 8, options.height / 8 * 8);
     let reference = fit_reference(reference.clone());
     // Cover the output size and crop the overflow (centred): no stretching of the face.
-    let start = image::DynamicImage::ImageRgba8(reference)
+    let start = image::DynamicImage::ImageRgba8(reference.clone())
         .resize_to_fill(w, h, image::imageops::FilterType::Lanczos3)
         .to_rgba8();
+    let ip_adapter = adapter_prompts(pipeline, &reference, &start, options, tools)?;
     let diffusion = TextToImageOptions {
         prompt: options.resolved_prompt(),
         negative_prompt: options.negative_prompt.clone(),
@@ -251,21 +314,13 @@ pub fn face_avatars(
         guidance_scale: options.guidance_scale,
         num_images: options.batch,
         seed: Some(Seed::Number(options.seed)),
-        ip_adapter: match pipeline.ip_adapters() {
-            [adapter] if !adapter.kind().takes_face_embedding() => {
-                vec![IpAdapterPrompt::image(
-                    start.clone(),
-                    options.ip_adapter_scale,
-                )]
-            }
-            _ => Vec::new(),
-        },
+        ip_adapter,
         ..Default::default()
     };
     pipeline
         .image_to_image(&start, options.strength, &diffusion, progress)?
         .into_iter()
-        .map(|image| finish_background(image, options, removal))
+        .map(|image| finish_background(image, options, &tools.background))
         .collect()
 }
 

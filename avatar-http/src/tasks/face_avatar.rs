@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use avatar_core::AvatarError;
 use avatar_core::diffusion::avatar_gen::InstantId;
-use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, face_avatars};
+use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, FaceAvatarTools, face_avatars};
 use avatar_core::diffusion::pipeline::StableDiffusion;
 use avatar_core::diffusion::safety_checker::{Obfuscation, SafetyFilter};
 use avatar_core::face_analysis::{DetectionOptions, FaceAnalysis};
@@ -156,6 +156,15 @@ impl DiffusionApps {
         &self.background
     }
 
+    /// What seed 001's face avatars use: the background removal and, for a FaceID adapter,
+    /// the face analysis.
+    pub fn face_avatar_tools(&self) -> FaceAvatarTools {
+        FaceAvatarTools {
+            background: self.background.clone(),
+            faces: self.faces.clone(),
+        }
+    }
+
     /// The configured ids, sorted.
     pub fn ids(&self) -> Vec<String> {
         self.apps.keys().cloned().collect()
@@ -238,7 +247,8 @@ impl Job<DiffusionApps> for FaceAvatarJob {
         })?;
         let reference = decode_png(&self.spec.reference_png).map_err(|e| failed(&e))?;
         let options = &self.spec.options;
-        let images = face_avatars(pipeline, &reference, options, apps.background(), |p| {
+        let tools = apps.face_avatar_tools();
+        let images = face_avatars(pipeline, &reference, options, &tools, |p| {
             ctx.progress(p.done as u32, p.total as u32);
             !ctx.is_cancelled()
         })

@@ -86,11 +86,14 @@ class StableDiffusion:
         controlnets: Optional[List[Union[str, PathLike[str]]]] = None,
         safety_checker: Optional[Union[str, PathLike[str]]] = None,
         background_model: Optional[Union[str, PathLike[str]]] = None,
+        face_analysis: Optional["FaceAnalysis"] = None,
     ) -> None:
         """Loads the diffusers folder `model`, then IP-Adapter files (`.bin`/`.safetensors`;
         image adapters need the CLIP `image_encoder` folder), ControlNet folders, diffusers'
         `safety_checker/` folder (used by `safety_checker=True`) and U²-Net weights for
-        `face_avatar(remove_background=True)` (without them, plain backgrounds are keyed)."""
+        `face_avatar(remove_background=True)` (without them, plain backgrounds are keyed);
+        with `face_analysis`, `face_avatar` gives a loaded IP-Adapter-FaceID(-Plus) the
+        reference's largest face."""
     @property
     def is_xl(self) -> bool: ...
     def text_to_image(
