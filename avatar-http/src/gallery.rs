@@ -212,11 +212,12 @@ impl TextToImageService {
             }
             let go_on = |_| !cancelled.load(Ordering::Relaxed);
             // With an image IP-Adapter the reference keeps the character through the adapter
-            // (a new composition); without one, through image-to-image.
+            // (a new composition); without one (or with a face adapter, which needs a face
+            // embedding), through image-to-image.
             let adapter = pipeline
                 .ip_adapters()
                 .first()
-                .filter(|a| a.needs_image_encoder() && pipeline.ip_adapters().len() == 1);
+                .filter(|a| !a.kind().takes_face_embedding() && pipeline.ip_adapters().len() == 1);
             let images = match (&request.reference, adapter) {
                 (Some((image, _)), Some(_)) => {
                     let options = TextToImageOptions {

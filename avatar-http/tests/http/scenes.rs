@@ -290,4 +290,15 @@ async fn with_an_ip_adapter_the_reference_goes_through_it() {
         Err(error) => error,
     };
     assert!(error.to_string().contains("IP-Adapter"), "{error}");
+
+    // A face adapter (FaceID-Plus) takes a face embedding, not just a picture: the reference then
+    // keeps the character through image-to-image instead of failing the request.
+    let mut config = sd_config(gallery.path());
+    config.sd_ip_adapter =
+        Some(fixtures.join("../ip_adapter_faceid_plus/ip_adapter_faceid_plus.bin"));
+    config.sd_image_encoder = Some(fixtures.join("image_encoder"));
+    let s = TestServer::start(config).await;
+    let (status, answer) = generate(&s, body(0)).await;
+    assert_eq!(status, 200, "{answer}");
+    s.stop().await;
 }
