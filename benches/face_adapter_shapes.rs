@@ -15,7 +15,7 @@ use avatar_core::diffusion::attention::AttentionInjection;
 use avatar_core::diffusion::controlnet::ControlNetConfig;
 use avatar_core::diffusion::ip_adapter::IpAdapter;
 use avatar_core::diffusion::single_file::{RawTensor, to_safetensors};
-use avatar_core::diffusion::unet::{UNet2DConditionModel, UNetConfig};
+use avatar_core::diffusion::unet::{ControlResiduals, UNet2DConditionModel, UNetConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 
 mod common;
@@ -145,7 +145,7 @@ fn main() {
     let unet = config.init(&device).unwrap();
     let context = Tensor::<3>::random([2, 77, 768], normal, &device);
     let sample = Tensor::<4>::random([2, 4, 32, 32], normal, &device);
-    let step = |injection: &AttentionInjection| {
+    let step = |injection: &AttentionInjection, residuals: Option<&ControlResiduals>| {
         let out = unet
             .forward_with(
                 sample.clone(),
@@ -153,14 +153,14 @@ fn main() {
                 context.clone(),
                 None,
                 injection,
-                None,
+                residuals,
             )
             .unwrap();
         let _ = out.into_data();
     };
     if wanted("plain") {
         time("unet step b2 32x32", runs, || {
-            step(&AttentionInjection::default())
+            step(&AttentionInjection::default(), None)
         });
     }
     // An adapter with random weights, its tokens from random features, prepared once.
@@ -171,7 +171,7 @@ fn main() {
         let mut injection = AttentionInjection::default();
         let features = Tensor::<3>::random(features, normal, &device);
         adapter.inject(adapter.project(features), |_| 1.0, &mut injection);
-        time(name, runs, || step(&injection));
+        time(name, runs, || step(&injection, None));
     };
     if wanted("plus") {
         adapter_step("+ ip-adapter plus", plus_projection(), None, [2, 257, 1280]);
@@ -201,17 +201,7 @@ fn main() {
                     1.0,
                 )
                 .unwrap();
-            let out = unet
-                .forward_with(
-                    sample.clone(),
-                    &[500.0, 500.0],
-                    context.clone(),
-                    None,
-                    &AttentionInjection::default(),
-                    Some(&residuals),
-                )
-                .unwrap();
-            let _ = out.into_data();
+            step(&AttentionInjection::default(), Some(&residuals));
         });
     }
 }

@@ -48,6 +48,16 @@ fn options(device: &Device, ip_adapter: Vec<IpAdapterPrompt>) -> TextToImageOpti
     }
 }
 
+/// The tiny `model` with the fixture adapter `file` (and the CLIP image encoder when
+/// `encoder`).
+fn with_adapter(model: &str, file: &str, encoder: bool, device: &Device) -> StableDiffusion {
+    let mut sd = pipeline(model, device);
+    let encoder = encoder.then(|| adapters().join("image_encoder"));
+    sd.load_ip_adapter(&adapters().join(file), encoder.as_deref())
+        .unwrap();
+    sd
+}
+
 fn check_image(pipeline: &StableDiffusion, options: &TextToImageOptions, expected: &str) {
     let device = Device::flex();
     let image = pipeline.text_to_image_tensor(options, |_| true).unwrap();
@@ -134,9 +144,7 @@ fn sd15_runs_with_each_adapter_match_diffusers() {
         check_image(&sd, &options, expected);
     }
     // FaceID: the raw embedding is normalised here; its LoRA changes every attention layer.
-    let mut sd = pipeline("sd15_tiny", &device);
-    sd.load_ip_adapter(&adapters().join("ip_adapter_faceid.bin"), None)
-        .unwrap();
+    let sd = with_adapter("sd15_tiny", "ip_adapter_faceid.bin", false, &device);
     let face = face_embedding(&device);
     let options = options(&device, vec![IpAdapterPrompt::face(face, 0.8)]);
     check_image(&sd, &options, "faceid_image");
@@ -165,12 +173,7 @@ fn two_adapters_at_once_match_diffusers() {
 #[test]
 fn sdxl_run_with_adapter_matches_diffusers() {
     let device = Device::flex();
-    let mut sd = pipeline("sdxl_tiny", &device);
-    sd.load_ip_adapter(
-        &adapters().join("ip_adapter_sdxl.safetensors"),
-        Some(&adapters().join("image_encoder")),
-    )
-    .unwrap();
+    let sd = with_adapter("sdxl_tiny", "ip_adapter_sdxl.safetensors", true, &device);
     let options = options(
         &device,
         vec![IpAdapterPrompt::image(reference_image(), 0.9)],
@@ -251,9 +254,7 @@ fn mixed_up_weights_are_typed_errors() {
 #[test]
 fn adapter_prompts_are_validated() {
     let device = Device::flex();
-    let mut sd = pipeline("sd15_tiny", &device);
-    sd.load_ip_adapter(&adapters().join("ip_adapter_faceid.bin"), None)
-        .unwrap();
+    let sd = with_adapter("sd15_tiny", "ip_adapter_faceid.bin", false, &device);
     let run = |prompts: Vec<IpAdapterPrompt>| {
         sd.text_to_image_tensor(&options(&device, prompts), |_| true)
             .unwrap_err()
@@ -338,12 +339,7 @@ fn faceid_plus_v1_and_v2_match_diffusers() {
 fn face_avatars_keep_the_face_through_a_loaded_adapter() {
     use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, face_avatars};
     let device = Device::flex();
-    let mut sd = pipeline("sd15_tiny", &device);
-    sd.load_ip_adapter(
-        &adapters().join("ip_adapter.safetensors"),
-        Some(&adapters().join("image_encoder")),
-    )
-    .unwrap();
+    let sd = with_adapter("sd15_tiny", "ip_adapter.safetensors", true, &device);
     let options = |ip_adapter_scale| FaceAvatarOptions {
         width: 256,
         height: 256,
@@ -372,12 +368,7 @@ fn face_avatars_keep_the_face_through_a_loaded_adapter() {
 fn per_block_scales_match_diffusers() {
     use avatar_core::diffusion::ip_adapter_scale::BlockScales;
     let device = Device::flex();
-    let mut sd = pipeline("sd15_tiny", &device);
-    sd.load_ip_adapter(
-        &adapters().join("ip_adapter.safetensors"),
-        Some(&adapters().join("image_encoder")),
-    )
-    .unwrap();
+    let sd = with_adapter("sd15_tiny", "ip_adapter.safetensors", true, &device);
     let blocks = BlockScales::from_json(
         r#"{"down": {"block_0": 0.3}, "mid": 0.6, "up": {"block_1": [1.0, 0.0]}}"#,
     )
@@ -418,12 +409,7 @@ fn per_block_scales_match_diffusers() {
 fn sdxl_per_block_scales_match_diffusers() {
     use avatar_core::diffusion::ip_adapter_scale::BlockScales;
     let device = Device::flex();
-    let mut sd = pipeline("sdxl_tiny", &device);
-    sd.load_ip_adapter(
-        &adapters().join("ip_adapter_sdxl.safetensors"),
-        Some(&adapters().join("image_encoder")),
-    )
-    .unwrap();
+    let sd = with_adapter("sdxl_tiny", "ip_adapter_sdxl.safetensors", true, &device);
     // Only the second attention of up block 0 (InstantStyle's "style" pattern on the tiny UNet);
     // each of its two transformer layers takes the weight.
     let blocks = BlockScales::from_json(r#"{"up": {"block_0": [0.0, 1.2]}}"#).unwrap();
@@ -436,9 +422,7 @@ fn face_avatars_give_faceid_the_largest_face_of_the_reference() {
     use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, FaceAvatarTools, face_avatars};
     use avatar_core::face_analysis::{DetectionOptions, FaceAnalysis};
     let device = Device::flex();
-    let mut sd = pipeline("sd15_tiny", &device);
-    sd.load_ip_adapter(&adapters().join("ip_adapter_faceid.bin"), None)
-        .unwrap();
+    let sd = with_adapter("sd15_tiny", "ip_adapter_faceid.bin", false, &device);
     let faces = adapters().join("../face_analysis");
     let analysis = std::sync::Arc::new(
         FaceAnalysis::load(

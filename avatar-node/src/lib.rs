@@ -741,15 +741,13 @@ impl StableDiffusion {
                     )
                 })
                 .transpose()?;
-            let background = match adapters.background_model.as_deref() {
-                Some(file) => avatar_core::segmentation::BackgroundRemoval::Segmentation(Arc::new(
-                    avatar_core::segmentation::BackgroundRemover::load(
-                        std::path::Path::new(file),
-                        &spec.device()?,
-                    )?,
-                )),
-                None => Default::default(),
-            };
+            let background = avatar_core::segmentation::BackgroundRemoval::from_model(
+                adapters
+                    .background_model
+                    .as_deref()
+                    .map(std::path::Path::new),
+                &spec.device()?,
+            )?;
             let faces = match (
                 adapters.face_detector.as_deref(),
                 adapters.face_recognizer.as_deref(),

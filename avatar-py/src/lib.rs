@@ -593,14 +593,10 @@ impl StableDiffusion {
                         )
                     })
                     .transpose()?;
-                let background = match background_model {
-                    Some(path) => avatar_core::segmentation::BackgroundRemoval::Segmentation(
-                        std::sync::Arc::new(avatar_core::segmentation::BackgroundRemover::load(
-                            &path, &device,
-                        )?),
-                    ),
-                    None => Default::default(),
-                };
+                let background = avatar_core::segmentation::BackgroundRemoval::from_model(
+                    background_model.as_deref(),
+                    &device,
+                )?;
                 Ok::<_, AvatarError>((pipeline, safety, background))
             })
             .map_err(to_py_err)?;

@@ -234,14 +234,7 @@ impl ClipTokenizer {
     /// `[BOS, ids..., EOS, pad...]` of exactly `max_length` (77), truncating the text to
     /// `max_length - 2` tokens as diffusers' pipelines do.
     pub fn encode_padded(&self, text: &str, max_length: usize) -> Vec<u32> {
-        let mut ids = self.encode(text);
-        ids.truncate(max_length.saturating_sub(2));
-        let mut out = Vec::with_capacity(max_length);
-        out.push(self.bos);
-        out.extend(ids);
-        out.push(self.eos);
-        out.resize(max_length, self.pad);
-        out
+        self.encode_windows(text, max_length, 1).remove(0)
     }
 
     /// `text` in `windows` padded sequences of `max_length`: its ids split into runs of
@@ -250,7 +243,7 @@ impl ClipTokenizer {
     /// `windows` runs are dropped. One window is [`encode_padded`](Self::encode_padded).
     pub fn encode_windows(&self, text: &str, max_length: usize, windows: usize) -> Vec<Vec<u32>> {
         let ids = self.encode(text);
-        let run = max_length.saturating_sub(2).max(1);
+        let run = max_length.saturating_sub(2);
         (0..windows.max(1))
             .map(|w| {
                 let chunk = ids.iter().skip(w * run).take(run).copied();

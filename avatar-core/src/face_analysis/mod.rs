@@ -112,21 +112,32 @@ impl FaceAnalysis {
         options: &DetectionOptions,
         field: &'static str,
     ) -> Result<Face> {
-        let faces = self.analyze(image, options)?;
-        largest(&faces).cloned().ok_or_else(|| {
-            AvatarError::invalid(
-                field,
-                format!(
-                    "no face was found in the image (no detection scored {} or more)",
-                    options.threshold
-                ),
-            )
-        })
+        // Only the chosen face is aligned and embedded (as [`largest`] picks it).
+        let largest = self
+            .detector
+            .detect(image, options)?
+            .into_iter()
+            .max_by(|a, b| a.area().total_cmp(&b.area()))
+            .ok_or_else(|| {
+                AvatarError::invalid(
+                    field,
+                    format!(
+                        "no face was found in the image (no detection scored {} or more)",
+                        options.threshold
+                    ),
+                )
+            })?;
+        Ok(self.embed(image, vec![largest])?.remove(0))
     }
 
     /// Every face in `image` with its keypoints and embedding, in detection order.
     pub fn analyze(&self, image: &RgbImage, options: &DetectionOptions) -> Result<Vec<Face>> {
         let detections = self.detector.detect(image, options)?;
+        self.embed(image, detections)
+    }
+
+    /// Aligns and embeds `detections` of `image`.
+    fn embed(&self, image: &RgbImage, detections: Vec<Detection>) -> Result<Vec<Face>> {
         let size = self.recognizer.input_size();
         let mut crops = Vec::with_capacity(detections.len());
         for d in &detections {

@@ -8,7 +8,7 @@
 //! heuristic not reproduced here), and those results differ from ours at some pixels (by one
 //! level on smooth content, a few on noise). [`resize_rgb_with_order`] runs either order, each bit-exact.
 
-use image::{GrayImage, RgbImage};
+use image::{GrayImage, ImageBuffer, Pixel, RgbImage};
 
 /// `PRECISION_BITS` of Pillow's `Resample.c`.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
@@ -203,23 +203,22 @@ pub fn resize_rgb_with_order(
     filter: PilFilter,
     order: PassOrder,
 ) -> RgbImage {
-    let (w, h) = image.dimensions();
-    if (w, h) == (width, height) || w == 0 || h == 0 || width == 0 || height == 0 {
-        return image::imageops::resize(image, width, height, image::imageops::FilterType::Nearest);
-    }
-    let data = resample(
-        image.as_raw(),
-        (w as usize, h as usize),
-        3,
-        (width as usize, height as usize),
-        filter,
-        order,
-    );
-    RgbImage::from_raw(width, height, data).expect("width * height * 3 values")
+    resize_image(image, width, height, filter, order)
 }
 
 /// `Image.resize((width, height), filter)` of a greyscale (`L`) image.
 pub fn resize_gray(image: &GrayImage, width: u32, height: u32, filter: PilFilter) -> GrayImage {
+    resize_image(image, width, height, filter, PassOrder::HorizontalFirst)
+}
+
+/// Any 8-bit image, its channels resampled alike.
+fn resize_image<P: Pixel<Subpixel = u8> + 'static>(
+    image: &ImageBuffer<P, Vec<u8>>,
+    width: u32,
+    height: u32,
+    filter: PilFilter,
+    order: PassOrder,
+) -> ImageBuffer<P, Vec<u8>> {
     let (w, h) = image.dimensions();
     if (w, h) == (width, height) || w == 0 || h == 0 || width == 0 || height == 0 {
         return image::imageops::resize(image, width, height, image::imageops::FilterType::Nearest);
@@ -227,10 +226,10 @@ pub fn resize_gray(image: &GrayImage, width: u32, height: u32, filter: PilFilter
     let data = resample(
         image.as_raw(),
         (w as usize, h as usize),
-        1,
+        usize::from(P::CHANNEL_COUNT),
         (width as usize, height as usize),
         filter,
-        PassOrder::HorizontalFirst,
+        order,
     );
-    GrayImage::from_raw(width, height, data).expect("width * height values")
+    ImageBuffer::from_raw(width, height, data).expect("width * height * channels values")
 }

@@ -141,7 +141,6 @@ pub struct OnnxGraph {
     inputs: Vec<String>,
     input_dims: Vec<Vec<Option<usize>>>,
     outputs: Vec<String>,
-    output_dims: Vec<Vec<Option<usize>>>,
     opset: i64,
     /// For every value name, the index of the last node that reads it.
     last_use: HashMap<String, usize>,
@@ -174,7 +173,6 @@ impl OnnxGraph {
             .map(|v| (v.name.clone(), v.dims()))
             .unzip();
         let outputs: Vec<String> = graph.output.iter().map(|v| v.name.clone()).collect();
-        let output_dims = graph.output.iter().map(|v| v.dims()).collect();
         let mut last_use = HashMap::new();
         for (i, node) in graph.node.iter().enumerate() {
             for name in &node.input {
@@ -190,7 +188,6 @@ impl OnnxGraph {
             inputs,
             input_dims,
             outputs,
-            output_dims,
             opset,
             last_use,
             device: device.clone(),
@@ -235,11 +232,6 @@ impl OnnxGraph {
     /// The graph's output names, in order.
     pub fn outputs(&self) -> &[String] {
         &self.outputs
-    }
-
-    /// The declared dimensions of each output (`None`: symbolic).
-    pub fn output_dims(&self) -> &[Vec<Option<usize>>] {
-        &self.output_dims
     }
 
     /// Node names in order (the first few identify how a model expects its input scaled).

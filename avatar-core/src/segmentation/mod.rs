@@ -5,7 +5,10 @@
 pub mod background_removal;
 pub mod u2net;
 
+use std::path::Path;
 use std::sync::Arc;
+
+use burn::tensor::Device;
 
 use image::RgbaImage;
 
@@ -32,6 +35,17 @@ impl Default for BackgroundRemoval {
 }
 
 impl BackgroundRemoval {
+    /// A U²-Net loaded from `model` when one is given (see [`BackgroundRemover::load`]), else
+    /// keying with the default settings.
+    pub fn from_model(model: Option<&Path>, device: &Device) -> Result<Self> {
+        Ok(match model {
+            Some(path) => {
+                BackgroundRemoval::Segmentation(Arc::new(BackgroundRemover::load(path, device)?))
+            }
+            None => BackgroundRemoval::default(),
+        })
+    }
+
     /// `image` with its background made transparent.
     pub fn apply(&self, image: &RgbaImage) -> Result<RgbaImage> {
         match self {

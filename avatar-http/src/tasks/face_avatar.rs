@@ -11,7 +11,7 @@ use avatar_core::diffusion::pipeline::StableDiffusion;
 use avatar_core::diffusion::safety_checker::{Obfuscation, SafetyFilter};
 use avatar_core::face_analysis::{DetectionOptions, FaceAnalysis};
 use avatar_core::imaging::{ImageFormat, encode};
-use avatar_core::segmentation::{BackgroundRemoval, BackgroundRemover};
+use avatar_core::segmentation::BackgroundRemoval;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
@@ -96,13 +96,9 @@ impl DiffusionApps {
             )),
             None => None,
         };
-        let background = match &setup.background_model {
-            Some(path) => BackgroundRemoval::Segmentation(Arc::new(
-                BackgroundRemover::load(path, &device)
-                    .map_err(|e| format!("background model ({}): {e}", path.display()))?,
-            )),
-            None => BackgroundRemoval::default(),
-        };
+        // The loader's errors name the file.
+        let background = BackgroundRemoval::from_model(setup.background_model.as_deref(), &device)
+            .map_err(|e| format!("background model: {e}"))?;
         let faces = match &setup.face_analysis {
             Some(setup) => {
                 let faces = FaceAnalysis::load(&setup.detector, &setup.recognizer, &device)
