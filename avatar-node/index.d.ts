@@ -88,6 +88,8 @@ export declare class StableDiffusion {
   constructor(model: string, device?: string | undefined | null, adapters?: AdapterFiles | undefined | null)
   /** Whether the pipeline is SDXL. */
   get isXl(): boolean
+  /** The compute precision: `"fp32"`, `"fp16"` or `"bf16"`. */
+  get precision(): string
   /**
    * PNG images for a prompt (or from `options.image`), computed on the libuv pool;
    * `onProgress` after each step; `signal` cancels between steps.
@@ -140,6 +142,8 @@ export interface AdapterFiles {
   faceDetector?: string
   /** insightface's ArcFace `.onnx`. */
   faceRecognizer?: string
+  /** Compute precision of the models: `"fp32"` (default), `"fp16"` or `"bf16"`. */
+  precision?: string
 }
 
 /** One analysed face (insightface's fields). */
@@ -339,6 +343,8 @@ export interface InstantIdFiles {
   poseControlnet?: string
   /** An SDXL canny ControlNet folder. */
   cannyControlnet?: string
+  /** Compute precision: `"fp32"` (default), `"fp16"` or `"bf16"`. */
+  precision?: string
 }
 
 /**

@@ -60,13 +60,19 @@ pub fn bench_args(bench: &str) -> Option<(Vec<String>, usize)> {
     Some((args, runs))
 }
 
-/// Whether `name` was asked for (no names asked: everything). The value after `--runs` is not a
-/// name.
+/// The value after `--flag`, if given.
+pub fn option<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).map(String::as_str)
+}
+
+/// Whether `name` was asked for (no names asked: everything). The value after an option
+/// (`--runs N`, `--precision P`) is not a name.
 pub fn wanted(args: &[String], name: &str) -> bool {
     let names: Vec<&String> = args
         .iter()
         .enumerate()
-        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--runs"))
+        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || !args[i - 1].starts_with("--")))
         .map(|(_, a)| a)
         .collect();
     names.is_empty() || names.iter().any(|a| *a == name)

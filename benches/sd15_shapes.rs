@@ -5,9 +5,11 @@
 //!
 //! ```text
 //! cargo bench -p avatar-core --bench sd15_shapes -- [unet64|unet32|vae|clip ...] [--runs N]
+//!     [--precision fp32|fp16|bf16]
 //! ```
 
 use avatar_core::diffusion::clip_text::ClipTextConfig;
+use avatar_core::diffusion::precision::{Precision, cast_module};
 use avatar_core::diffusion::unet::UNetConfig;
 use avatar_core::diffusion::vae::VaeConfig;
 use burn::tensor::{Device, Distribution, Int, Tensor};
@@ -25,18 +27,24 @@ const CLIP: &str = r#"{"vocab_size": 49408, "hidden_size": 768, "intermediate_si
 
 mod common;
 
-use common::{bench_args, time, wanted};
+use common::{bench_args, option, time, wanted};
 
 fn main() {
     let Some((args, runs)) = bench_args("sd15_shapes") else {
         return;
     };
     let wanted = |name: &str| wanted(&args, name);
+    let precision: Precision = option(&args, "--precision")
+        .unwrap_or("fp32")
+        .parse()
+        .unwrap();
+    let dtype = precision.float_dtype();
+    println!("precision {precision}");
     let device = Device::flex();
     let normal = Distribution::Normal(0.0, 1.0);
     if wanted("unet64") || wanted("unet32") {
         let config: UNetConfig = serde_json::from_str(UNET).unwrap();
-        let unet = config.init(&device).unwrap();
+        let unet = cast_module(config.init(&device).unwrap(), dtype);
         let context = Tensor::<3>::random([2, 77, 768], normal, &device);
         for side in [64, 32] {
             if !wanted(&format!("unet{side}")) {
@@ -53,7 +61,7 @@ fn main() {
     }
     if wanted("vae") {
         let config: VaeConfig = serde_json::from_str(VAE).unwrap();
-        let vae = config.init(&device).unwrap();
+        let vae = cast_module(config.init(&device).unwrap(), dtype);
         let latents = Tensor::<4>::random([1, 4, 64, 64], normal, &device);
         time("vae decode 64x64 -> 512px", runs, || {
             let _ = vae.decode(latents.clone()).into_data();
@@ -61,7 +69,7 @@ fn main() {
     }
     if wanted("clip") {
         let config = ClipTextConfig::from_hub_json(CLIP).unwrap();
-        let clip = config.init(&device).unwrap();
+        let clip = cast_module(config.init(&device).unwrap(), dtype);
         let ids = Tensor::<1, Int>::arange(0..154, &device).reshape([2, 77]);
         time("clip-l encode b2 x 77", runs, || {
             let _ = clip.forward(ids.clone()).last_hidden_state.into_data();

@@ -60,6 +60,9 @@ struct Args {
     /// cpu, wgpu, cuda[:N], auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Compute precision: fp32, fp16 (GPUs; halves memory on the CPU) or bf16.
+    #[arg(long, default_value = "fp32")]
+    precision: String,
     /// Output file (`-N` is inserted before the extension for several samples).
     #[arg(short, long, default_value = "txt2img.png")]
     output: PathBuf,
@@ -75,7 +78,8 @@ fn main() {
 fn run(args: Args) -> Result<(), AvatarError> {
     let device = args.device.parse::<DeviceSpec>()?.device()?;
     let started = Instant::now();
-    let pipeline = StableDiffusion::load(&args.model, &device)?;
+    let mut pipeline = StableDiffusion::load(&args.model, &device)?;
+    pipeline.set_precision(args.precision.parse()?)?;
     eprintln!(
         "loaded {} pipeline in {:.1}s",
         if pipeline.is_xl() { "SDXL" } else { "SD" },

@@ -76,8 +76,23 @@ fn sdxl_prompt_to_image_matches_diffusers_on_wgpu() {
     };
     let image = pipeline.text_to_image_tensor(&options, |_| true).unwrap();
     let expected = read("sdxl_txt2img_euler.safetensors:image");
-    let error = (image - expected).abs().max().into_scalar::<f32>();
+    let error = (image - expected.clone()).abs().max().into_scalar::<f32>();
     assert!(error <= 1e-3, "SDXL on wgpu: max abs error {error}");
+
+    // Half precision where the adapter has shader-f16; a typed error where it has not.
+    use avatar_core::diffusion::precision::Precision;
+    let mut pipeline = pipeline;
+    if device.supports_dtype(burn::tensor::DType::F16) {
+        pipeline.set_precision(Precision::F16).unwrap();
+        let image = pipeline.text_to_image_tensor(&options, |_| true).unwrap();
+        let error = (image - expected).abs().max().into_scalar::<f32>();
+        eprintln!("SDXL on wgpu in f16: max abs error {error}");
+        assert!(error <= 2e-2, "SDXL on wgpu in f16: max abs error {error}");
+    } else {
+        let err = pipeline.set_precision(Precision::F16).unwrap_err();
+        assert_eq!(err.field(), Some("precision"), "{err}");
+        assert_eq!(pipeline.precision(), Precision::F32);
+    }
 }
 
 #[test]

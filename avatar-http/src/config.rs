@@ -147,6 +147,11 @@ pub struct Config {
     /// What replaces a flagged image: black, blur, pixelate or sensitive_content_text.
     #[arg(long, env = "AVATAR_SAFETY_CHECKER_TYPE", default_value = "black", value_parser = parse_obfuscation)]
     pub safety_checker_type: avatar_core::diffusion::safety_checker::Obfuscation,
+    /// Compute precision of every Stable Diffusion model: fp32, fp16 or bf16 (half precision
+    /// needs a device with the dtype: wgpu with shader-f16, CUDA; on the CPU it saves memory,
+    /// not time).
+    #[arg(long, env = "AVATAR_SD_PRECISION", default_value = "fp32", value_parser = parse_precision)]
+    pub sd_precision: avatar_core::diffusion::precision::Precision,
     /// U²-Net weights (`u2net.pth`, `u2netp.pth`, `u2net_human_seg.pth` or a safetensors
     /// conversion) for seed 001's `remove_background`: the subject is cut out of any background.
     /// Without it, plain backgrounds are keyed.
@@ -234,6 +239,11 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "AVATAR_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+fn parse_precision(text: &str) -> Result<avatar_core::diffusion::precision::Precision, String> {
+    text.parse()
+        .map_err(|e: avatar_core::AvatarError| e.to_string())
 }
 
 fn parse_obfuscation(

@@ -274,6 +274,7 @@ impl Server {
                 instant_id: config.instantid_paths()?,
                 background_model: config.background_model.clone(),
                 face_analysis: config.face_analysis_setup()?,
+                precision: config.sd_precision,
             };
             let device = config.device;
             tokio::task::spawn_blocking(move || DiffusionApps::load(&setup, device)).await??

@@ -507,6 +507,15 @@ pub struct AdapterFiles {
     pub face_detector: Option<String>,
     /// insightface's ArcFace `.onnx`.
     pub face_recognizer: Option<String>,
+    /// Compute precision of the models: `"fp32"` (default), `"fp16"` or `"bf16"`.
+    pub precision: Option<String>,
+}
+
+/// `"fp32"` when absent.
+fn parse_precision(
+    text: Option<&str>,
+) -> Result<avatar_core::diffusion::precision::Precision, AvatarError> {
+    text.map_or(Ok(Default::default()), str::parse)
 }
 
 fn adapter_prompts(
@@ -720,6 +729,7 @@ impl StableDiffusion {
                 &spec.device()?,
             )?;
             let adapters = adapters.unwrap_or_default();
+            pipeline.set_precision(parse_precision(adapters.precision.as_deref())?)?;
             for (i, file) in adapters.ip_adapters.iter().flatten().enumerate() {
                 let encoder = adapters.image_encoder.as_deref().filter(|_| i == 0);
                 pipeline.load_ip_adapter(
@@ -783,6 +793,12 @@ impl StableDiffusion {
     #[napi(getter)]
     pub fn is_xl(&self) -> bool {
         self.inner.is_xl()
+    }
+
+    /// The compute precision: `"fp32"`, `"fp16"` or `"bf16"`.
+    #[napi(getter)]
+    pub fn precision(&self) -> String {
+        self.inner.precision().to_string()
     }
 
     /// PNG images for a prompt (or from `options.image`), computed on the libuv pool;
@@ -1003,6 +1019,8 @@ pub struct InstantIdFiles {
     pub pose_controlnet: Option<String>,
     /// An SDXL canny ControlNet folder.
     pub canny_controlnet: Option<String>,
+    /// Compute precision: `"fp32"` (default), `"fp16"` or `"bf16"`.
+    pub precision: Option<String>,
 }
 
 #[napi]
@@ -1012,10 +1030,11 @@ impl InstantId {
     pub fn new(env: Env, files: InstantIdFiles, device: Option<String>) -> napi::Result<Self> {
         let load = || -> Result<_, AvatarError> {
             let spec: DeviceSpec = device.as_deref().unwrap_or("cpu").parse()?;
-            let base = avatar_core::diffusion::pipeline::StableDiffusion::load(
+            let mut base = avatar_core::diffusion::pipeline::StableDiffusion::load(
                 std::path::Path::new(&files.model),
                 &spec.device()?,
             )?;
+            base.set_precision(parse_precision(files.precision.as_deref())?)?;
             avatar_core::diffusion::avatar_gen::InstantId::new(
                 base,
                 std::path::Path::new(&files.ip_adapter),

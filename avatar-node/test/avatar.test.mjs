@@ -128,6 +128,23 @@ test('StableDiffusion draws PNGs from a prompt and from an image, with progress 
   assert.throws(() => new avatar.StableDiffusion('/nonexistent'), (e) => e.code === 'ERR_IO');
 });
 
+test('StableDiffusion computes in half precision on request', async () => {
+  const model = new URL('../../avatar-core/tests/fixtures/diffusion/sd15_tiny', import.meta.url).pathname;
+  const full = new avatar.StableDiffusion(model, 'cpu');
+  const half = new avatar.StableDiffusion(model, 'cpu', { precision: 'fp16' });
+  assert.equal(full.precision, 'fp32');
+  assert.equal(half.precision, 'fp16');
+  const options = { prompt: 'a cartoon avatar', numInferenceSteps: 2, seed: 'alice', scheduler: 'ddim' };
+  const [a] = await full.textToImage(options);
+  const [b] = await half.textToImage(options);
+  assert.deepEqual(pngInfo(b), { width: 32, height: 32, colorType: 6 });
+  assert.ok(!a.equals(b), 'f16 is not the f32 computation');
+  assert.throws(
+    () => new avatar.StableDiffusion(model, 'cpu', { precision: 'fp8' }),
+    (e) => e.code === 'ERR_INVALID_OPTION' && e.field === 'precision',
+  );
+});
+
 test('VqganClip optimises towards prompts with progress images, seeds and cancel', async () => {
   const dir = new URL('../../avatar-core/tests/fixtures/vqgan_clip/', import.meta.url).pathname;
   const engine = new avatar.VqganClip(`${dir}vqgan.yaml`, `${dir}vqgan.ckpt`, `${dir}clip.safetensors`, `${dir}clip_config.json`);

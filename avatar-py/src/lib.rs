@@ -4,6 +4,7 @@
 
 use std::sync::Mutex;
 
+use avatar_core::diffusion::precision::Precision;
 use avatar_core::imaging::{Color, ImageFormat, encode};
 use avatar_core::{
     AvatarError, AvatarGenerator as CoreGenerator, DeviceSpec, GenerateOptions, ModelSize, Seed,
@@ -553,7 +554,7 @@ fn controlnet_prompts(
 #[pymethods]
 impl StableDiffusion {
     #[new]
-    #[pyo3(signature = (model, device = "cpu", ip_adapters = None, image_encoder = None, controlnets = None, safety_checker = None, background_model = None, face_analysis = None))]
+    #[pyo3(signature = (model, device = "cpu", ip_adapters = None, image_encoder = None, controlnets = None, safety_checker = None, background_model = None, face_analysis = None, precision = "fp32"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -565,14 +566,17 @@ impl StableDiffusion {
         safety_checker: Option<std::path::PathBuf>,
         background_model: Option<std::path::PathBuf>,
         face_analysis: Option<PyRef<'_, FaceAnalysis>>,
+        precision: &str,
     ) -> PyResult<Self> {
         let faces = face_analysis.map(|f| (f.inner.clone(), f.options));
         let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
+        let precision: Precision = precision.parse().map_err(to_py_err)?;
         let (inner, safety, background) = py
             .detach(|| {
                 let device = spec.device()?;
                 let mut pipeline =
                     avatar_core::diffusion::pipeline::StableDiffusion::load(&model, &device)?;
+                pipeline.set_precision(precision)?;
                 for (i, adapter) in ip_adapters.iter().flatten().enumerate() {
                     let encoder = if i == 0 {
                         image_encoder.as_deref()
@@ -611,6 +615,12 @@ impl StableDiffusion {
     #[getter]
     fn is_xl(&self) -> bool {
         self.inner.is_xl()
+    }
+
+    /// The compute precision: `"fp32"`, `"fp16"` or `"bf16"`.
+    #[getter]
+    fn precision(&self) -> String {
+        self.inner.precision().to_string()
     }
 
     /// Images (`PIL.Image.Image`, RGBA) for a prompt; with loaded IP-Adapters, one
@@ -814,7 +824,8 @@ struct InstantID {
 #[pymethods]
 impl InstantID {
     #[new]
-    #[pyo3(signature = (model, ip_adapter, identitynet, pose_controlnet = None, canny_controlnet = None, device = "cpu"))]
+    #[pyo3(signature = (model, ip_adapter, identitynet, pose_controlnet = None, canny_controlnet = None, device = "cpu", precision = "fp32"))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         model: std::path::PathBuf,
@@ -823,13 +834,16 @@ impl InstantID {
         pose_controlnet: Option<std::path::PathBuf>,
         canny_controlnet: Option<std::path::PathBuf>,
         device: &str,
+        precision: &str,
     ) -> PyResult<Self> {
         let spec: DeviceSpec = device.parse().map_err(to_py_err)?;
+        let precision: Precision = precision.parse().map_err(to_py_err)?;
         let inner = py
             .detach(|| {
                 let device = spec.device()?;
-                let base =
+                let mut base =
                     avatar_core::diffusion::pipeline::StableDiffusion::load(&model, &device)?;
+                base.set_precision(precision)?;
                 avatar_core::diffusion::avatar_gen::InstantId::new(
                     base,
                     &ip_adapter,

@@ -182,6 +182,20 @@ def test_stable_diffusion_text_and_image_to_image() -> None:
         avatar.StableDiffusion(TINY_SD / "missing")
 
 
+def test_stable_diffusion_in_half_precision() -> None:
+    full = avatar.StableDiffusion(TINY_SD)
+    half = avatar.StableDiffusion(TINY_SD, precision="fp16")
+    assert (full.precision, half.precision) == ("fp32", "fp16")
+    kwargs = dict(num_inference_steps=2, seed="alice", scheduler="ddim")
+    a = np.asarray(full.text_to_image("a cartoon avatar", **kwargs)[0], dtype=np.int16)
+    b = np.asarray(half.text_to_image("a cartoon avatar", **kwargs)[0], dtype=np.int16)
+    # The same picture to within a few 8-bit levels, but computed in f16.
+    assert 0 < np.abs(a - b).max() <= 8
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        avatar.StableDiffusion(TINY_SD, precision="fp8")
+    assert info.value.field == "precision"
+
+
 def test_face_avatar_from_a_reference_photo() -> None:
     pipe = avatar.StableDiffusion(TINY_SD)
     photo = Image.new("RGB", (300, 200), (200, 120, 90))

@@ -163,7 +163,11 @@ impl Attention {
             }
             out = out
                 + self
-                    .attend(q.clone(), stream.key.clone(), stream.value.clone())
+                    .attend(
+                        q.clone(),
+                        stream.key.clone().cast(q.dtype()),
+                        stream.value.clone().cast(q.dtype()),
+                    )
                     .mul_scalar(stream.scale);
         }
         project(&self.to_out[0], out, &pick(|l| &l.to_out))

@@ -15,6 +15,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
+use super::precision::to_f32;
 use super::weights::{KeyMap, load_strict, load_strict_bytes, read_config, tensor_names};
 use crate::error::{AvatarError, Result};
 
@@ -360,7 +361,8 @@ pub struct ClipTextModel {
 #[derive(Debug, Clone)]
 pub struct ClipTextOutput {
     /// The embeddings then each layer's output, `num_hidden_layers + 1` tensors `[B, S, H]`
-    /// (transformers' `hidden_states`; `hidden_states[len - 2]` is SDXL's penultimate state).
+    /// (transformers' `hidden_states`; `hidden_states[len - 2]` is SDXL's penultimate state), in
+    /// the model's dtype; the other fields are f32.
     pub hidden_states: Vec<Tensor<3>>,
     /// `final_layer_norm(last layer)` `[B, S, H]`: SD1.5's prompt embedding.
     pub last_hidden_state: Tensor<3>,
@@ -371,9 +373,9 @@ pub struct ClipTextOutput {
 }
 
 impl ClipTextOutput {
-    /// The second-to-last layer's output (no final norm), as SDXL uses.
+    /// The second-to-last layer's output (no final norm), as SDXL uses, as f32.
     pub fn penultimate(&self) -> Tensor<3> {
-        self.hidden_states[self.hidden_states.len() - 2].clone()
+        to_f32(self.hidden_states[self.hidden_states.len() - 2].clone())
     }
 }
 
@@ -460,11 +462,11 @@ impl ClipTextModel {
         let text_embeds = self
             .text_projection
             .as_ref()
-            .map(|projection| projection.forward(pooled.clone()));
+            .map(|projection| to_f32(projection.forward(pooled.clone())));
         ClipTextOutput {
             hidden_states,
-            last_hidden_state,
-            pooled,
+            last_hidden_state: to_f32(last_hidden_state),
+            pooled: to_f32(pooled),
             text_embeds,
         }
     }

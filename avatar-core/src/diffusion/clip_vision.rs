@@ -11,6 +11,7 @@ use image::RgbaImage;
 use serde::Deserialize;
 
 use super::clip_text::{ClipActivation, ClipEncoder, ClipEncoderShape};
+use super::precision::dtype_of;
 use crate::error::{AvatarError, Result};
 use crate::imaging::pil_resize::{PilFilter, resize_rgb};
 use crate::imaging::{clip_normalize, rgb_to_tensor};
@@ -176,6 +177,7 @@ impl ClipVisionTransformer {
     /// Patch and class embeddings with positions, through `pre_layrnorm`.
     fn embed(&self, pixel_values: Tensor<4>) -> Tensor<3> {
         let device = pixel_values.device();
+        let pixel_values = pixel_values.cast(dtype_of(&self.embeddings.patch_embedding.weight));
         let patches = self.embeddings.patch_embedding.forward(pixel_values);
         let [b, h, gh, gw] = patches.dims();
         let tokens = patches.reshape([b, h, gh * gw]).swap_dims(1, 2);

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::attention::AttentionInjection;
 use super::embeddings::TimestepEmbedding;
+use super::precision::dtype_of;
 use super::resnet::{conv1x1, conv3x3};
 use super::unet::{
     AddedConditioning, ControlResiduals, TimeShape, UNet2DConditionModel, UNetBlock, UNetConfig,
@@ -264,7 +265,10 @@ impl ControlNetModel {
             added,
             &device,
         )?;
-        let x = self.conv_in.forward(sample) + self.controlnet_cond_embedding.forward(cond);
+        let dtype = dtype_of(&self.conv_in.weight);
+        let context = context.cast(dtype);
+        let x = self.conv_in.forward(sample.cast(dtype))
+            + self.controlnet_cond_embedding.forward(cond.cast(dtype));
         let injection = AttentionInjection::default();
         let (x, skips) = down_pass(&self.down_blocks, x, &temb, &context, &injection);
         let mid = mid_pass(&self.mid_block, x, &temb, &context, &injection);

@@ -6,6 +6,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::precision::dtype_of;
+
 /// `[N]` values -> `[N, dim]` features `[cos(t f_k), sin(t f_k)]` with
 /// `f_k = exp(-ln(10000) k / (dim/2 - shift))` (diffusers with `flip_sin_to_cos=True`), computed
 /// in f32 like diffusers.
@@ -43,8 +45,9 @@ impl TimestepEmbedding {
         }
     }
 
-    /// `[B, input] -> [B, dim]`.
+    /// `[B, input] -> [B, dim]`, in the weights' dtype (the f32 features are cast to it).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = x.cast(dtype_of(&self.linear_1.weight));
         self.linear_2.forward(silu(self.linear_1.forward(x)))
     }
 }

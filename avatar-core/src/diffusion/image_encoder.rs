@@ -12,6 +12,7 @@ use image::RgbaImage;
 use serde::Deserialize;
 
 use super::clip_vision::{ClipVisionConfig, ClipVisionTransformer, clip_preprocess};
+use super::precision::to_f32;
 use super::weights::{KeyMap, load_strict, read_config};
 use crate::error::Result;
 
@@ -80,14 +81,16 @@ impl ImageEncoder {
     /// `image_embeds` `[B, projection_dim]`: the projected, pooled class token.
     pub fn image_embeds(&self, pixel_values: Tensor<4>) -> Tensor<2> {
         let (_, pooled) = self.vision_model.forward(pixel_values);
-        self.visual_projection.forward(pooled)
+        to_f32(self.visual_projection.forward(pooled))
     }
 
     /// `hidden_states[-2]` `[B, 1 + patches, hidden]`: the second-to-last layer's output, which
     /// the Plus and Full-Face adapters take.
     pub fn penultimate_hidden_states(&self, pixel_values: Tensor<4>) -> Tensor<3> {
         let layers = self.vision_model.encoder.layers.len();
-        self.vision_model
-            .hidden_state(pixel_values, layers.saturating_sub(1))
+        to_f32(
+            self.vision_model
+                .hidden_state(pixel_values, layers.saturating_sub(1)),
+        )
     }
 }

@@ -25,12 +25,13 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use image::RgbaImage;
 
 use super::attention::{AttentionInjection, AttentionLora, ExtraKeyValue, LoraLinear};
 use super::image_encoder::ImageEncoder;
 use super::ip_adapter_scale::BlockScales;
+use super::precision::{cast_module, to_f32};
 use super::single_file::{RawTensor, to_safetensors};
 use super::unet::{AttentionProcessor, UNet2DConditionModel};
 use super::weights::{KeyMap, load_strict_bytes, read_tensors};
@@ -203,6 +204,8 @@ pub struct IpAdapter {
     processors: Vec<usize>,
     /// Width of the projection's input (CLIP embeds / hidden size, or the face embedding).
     input_dim: usize,
+    /// The weights' dtype (see [`IpAdapter::with_dtype`]).
+    dtype: FloatDType,
 }
 
 fn layer_norm(dim: usize, device: &Device) -> LayerNorm {
@@ -761,7 +764,18 @@ impl IpAdapter {
             kind,
             processors: cross.iter().map(|p| p.index).collect(),
             input_dim,
+            dtype: FloatDType::F32,
         })
+    }
+
+    /// This adapter computing in `dtype` (its weights cast; inputs are cast to it, tokens come
+    /// back as f32).
+    pub fn with_dtype(self, dtype: FloatDType) -> Self {
+        IpAdapter {
+            weights: cast_module(self.weights, dtype),
+            dtype,
+            ..self
+        }
     }
 
     /// The variant.
@@ -782,7 +796,7 @@ impl IpAdapter {
 
     /// Projects `[B, S, input_dim]` features to image tokens `[B, T, cross]`.
     pub fn project(&self, features: Tensor<3>) -> Tensor<3> {
-        self.weights.image_proj.forward(features)
+        to_f32(self.weights.image_proj.forward(features.cast(self.dtype)))
     }
 
     /// `(unconditional, conditional)` image tokens `[1, T, cross]` for `prompt`, as diffusers'
@@ -818,7 +832,7 @@ impl IpAdapter {
                     p.perceiver_resampler.proj_in.weight.dims()[0],
                     device,
                 )?;
-                p.forward(face, clip, s_scale)
+                to_f32(p.forward(face.cast(self.dtype), clip.cast(self.dtype), s_scale))
             }
             (_, kind) if kind.takes_face_embedding() => {
                 let normalise = kind == IpAdapterKind::FaceId;
@@ -928,6 +942,7 @@ impl IpAdapter {
         scale: impl Fn(usize) -> f32,
         injection: &mut AttentionInjection,
     ) {
+        let tokens = tokens.cast(self.dtype);
         for (layer, &index) in self.weights.ip_layers.iter().zip(&self.processors) {
             let scale = scale(index);
             if scale == 0.0 {

@@ -17,6 +17,7 @@
 //! - [`unet`]: `UNet2DConditionModel` ([`transformer_2d`], [`attention`], [`embeddings`]).
 //! - [`vae`]: the KL autoencoder (`AutoencoderKL`); [`resnet`]: blocks shared with the UNet.
 //! - [`single_file`]: original single-file (LDM/SGM) checkpoints converted to diffusers' layout.
+//! - [`precision`]: f32 / f16 / bf16 compute ([`precision::Precision`]).
 //! - [`weights`]: strict safetensors loading shared by the components.
 //! - [`schedulers`]: the noise schedulers (DDIM, Euler, Euler Ancestral, DPM++ 2M, LCM).
 
@@ -32,6 +33,7 @@ pub mod image_encoder;
 pub mod ip_adapter;
 pub mod ip_adapter_scale;
 pub mod pipeline;
+pub mod precision;
 pub mod preview;
 pub mod resnet;
 pub mod safety_checker;

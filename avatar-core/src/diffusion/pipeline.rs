@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use image::RgbaImage;
 
 use super::attention::AttentionInjection;
@@ -13,6 +13,7 @@ use super::controlnet::{ControlNetConfig, ControlNetModel};
 use super::denoise::{Conditioning, ControlInput, decode_latents, denoise};
 use super::image_encoder::ImageEncoder;
 use super::ip_adapter::{IpAdapter, IpAdapterPrompt};
+use super::precision::{Precision, cast_module};
 use super::preview::{Preview, PreviewMode, PreviewOptions, approximate_rgb};
 use super::schedulers::{Scheduler, SchedulerConfig};
 use super::single_file::{RawTensor, convert_single_file, to_safetensors};
@@ -153,6 +154,7 @@ pub struct StableDiffusion {
     ip_adapters: Vec<IpAdapter>,
     image_encoder: Option<ImageEncoder>,
     controlnets: Vec<ControlNetModel>,
+    precision: Precision,
     device: Device,
 }
 
@@ -206,8 +208,52 @@ impl StableDiffusion {
             ip_adapters: Vec::new(),
             image_encoder: None,
             controlnets: Vec::new(),
+            precision: Precision::F32,
             device: device.clone(),
         })
+    }
+
+    /// The precision the models compute in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Computes in `precision` from now on: every loaded model's weights (and those of adapters
+    /// and ControlNets loaded later) are cast to it. The VAE of an SDXL pipeline stays f32 when
+    /// its config says `force_upcast` (as diffusers' SDXL pipelines upcast it). Going back to
+    /// [`Precision::F32`] after half precision keeps the rounding of the half-precision weights.
+    /// A device without the dtype is a typed error and changes nothing.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        precision.check(&self.device)?;
+        let dtype = precision.float_dtype();
+        for tower in &mut self.towers {
+            tower.encoder = cast_module(tower.encoder.clone(), dtype);
+        }
+        self.unet = cast_module(self.unet.clone(), dtype);
+        self.vae = cast_module(self.vae.clone(), self.vae_dtype(precision));
+        self.controlnets = std::mem::take(&mut self.controlnets)
+            .into_iter()
+            .map(|net| cast_module(net, dtype))
+            .collect();
+        self.image_encoder = self
+            .image_encoder
+            .take()
+            .map(|encoder| cast_module(encoder, dtype));
+        self.ip_adapters = std::mem::take(&mut self.ip_adapters)
+            .into_iter()
+            .map(|adapter| adapter.with_dtype(dtype))
+            .collect();
+        self.precision = precision;
+        Ok(())
+    }
+
+    /// The VAE's dtype under `precision`.
+    fn vae_dtype(&self, precision: Precision) -> FloatDType {
+        if self.is_xl() && self.vae_config.force_upcast {
+            FloatDType::F32
+        } else {
+            precision.float_dtype()
+        }
     }
 
     /// Loads an IP-Adapter file (`.bin` / `.safetensors`; IP-Adapter, Plus, Full-Face or FaceID,
@@ -231,8 +277,9 @@ impl StableDiffusion {
         adapter: IpAdapter,
         image_encoder: Option<&Path>,
     ) -> Result<usize> {
+        let dtype = self.precision.float_dtype();
         if let Some(dir) = image_encoder {
-            self.image_encoder = Some(ImageEncoder::load(dir, &self.device)?);
+            self.image_encoder = Some(cast_module(ImageEncoder::load(dir, &self.device)?, dtype));
         }
         if adapter.needs_image_encoder() && self.image_encoder.is_none() {
             return Err(AvatarError::Config(format!(
@@ -240,7 +287,7 @@ impl StableDiffusion {
                 adapter.kind()
             )));
         }
-        self.ip_adapters.push(adapter);
+        self.ip_adapters.push(adapter.with_dtype(dtype));
         Ok(self.ip_adapters.len() - 1)
     }
 
@@ -250,7 +297,8 @@ impl StableDiffusion {
         let (config, net): (ControlNetConfig, ControlNetModel) =
             ControlNetModel::load(dir, &self.device)?;
         net.check_compatible(&config, &self.unet_config, &dir.display().to_string())?;
-        self.controlnets.push(net);
+        self.controlnets
+            .push(cast_module(net, self.precision.float_dtype()));
         Ok(self.controlnets.len() - 1)
     }
 
@@ -267,6 +315,11 @@ impl StableDiffusion {
     /// The UNet (for adapters that are checked against it).
     pub fn unet(&self) -> &UNet2DConditionModel {
         &self.unet
+    }
+
+    /// The VAE.
+    pub fn vae(&self) -> &AutoencoderKL {
+        &self.vae
     }
 
     /// The IP-Adapter additions for `n` images per prompt, batched like the prompt embeddings.

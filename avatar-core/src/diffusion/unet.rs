@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::attention::AttentionInjection;
 use super::embeddings::{TimestepEmbedding, timestep_features};
+use super::precision::{dtype_of, to_f32};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv3x3, group_norm};
 use super::transformer_2d::{BasicTransformerBlock, Transformer2DModel};
 use super::weights::{KeyMap, load_strict, load_strict_bytes, read_config};
@@ -657,7 +658,10 @@ impl UNet2DConditionModel {
             added,
             &device,
         )?;
-        let x = self.conv_in.forward(sample);
+        // Inputs in the weights' dtype (see `precision`); the prediction is returned as f32.
+        let dtype = dtype_of(&self.conv_in.weight);
+        let context = context.cast(dtype);
+        let x = self.conv_in.forward(sample.cast(dtype));
         let (x, mut skips) = down_pass(&self.down_blocks, x, &temb, &context, injection);
         if let Some(control) = control {
             if control.down.len() != skips.len() {
@@ -671,12 +675,12 @@ impl UNet2DConditionModel {
                 ));
             }
             for (skip, residual) in skips.iter_mut().zip(&control.down) {
-                *skip = skip.clone() + residual.clone();
+                *skip = skip.clone() + residual.clone().cast(dtype);
             }
         }
         let mut x = mid_pass(&self.mid_block, x, &temb, &context, injection);
         if let Some(control) = control {
-            x = x + control.mid.clone();
+            x = x + control.mid.clone().cast(dtype);
         }
 
         for block in &self.up_blocks {
@@ -691,6 +695,8 @@ impl UNet2DConditionModel {
                 x = up.forward(x);
             }
         }
-        Ok(self.conv_out.forward(silu(self.conv_norm_out.forward(x))))
+        Ok(to_f32(
+            self.conv_out.forward(silu(self.conv_norm_out.forward(x))),
+        ))
     }
 }

@@ -13,6 +13,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
+use super::precision::{dtype_of, to_f32};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv1x1, conv3x3, group_norm};
 use super::weights::{KeyMap, load_strict, load_strict_bytes, read_config};
 use crate::error::{AvatarError, Result};
@@ -46,6 +47,10 @@ pub struct VaeConfig {
     /// Image side the VAE was trained at (512 for SD1.5): the tile size of tiled decoding.
     #[serde(default)]
     pub sample_size: Option<usize>,
+    /// Whether SDXL pipelines keep this VAE in f32 under half precision (diffusers' default
+    /// `true`: SDXL's original VAE overflows in f16).
+    #[serde(default = "yes")]
+    pub force_upcast: bool,
     /// Latent shift (SD3/Flux VAEs; `None` for SD1.5/SDXL).
     #[serde(default)]
     pub shift_factor: Option<f64>,
@@ -69,6 +74,7 @@ pub struct VaeConfig {
 fn one() -> usize {
     1
 }
+
 fn three() -> usize {
     3
 }
@@ -354,6 +360,7 @@ fn blend_seam(previous: Tensor<4>, next: Tensor<4>, extent: usize, dim: usize) -
     let mut shape = [1, 1, 1, 1];
     shape[dim] = extent;
     let weight = Tensor::<1>::from_data(burn::tensor::TensorData::new(weights, [extent]), &device)
+        .cast(next.dtype())
         .reshape(shape);
     let pd = previous.dims()[dim];
     let nd = next.dims()[dim];
@@ -438,7 +445,7 @@ impl AutoencoderKL {
                     i..(i + tile_latent).min(h),
                     j..(j + tile_latent).min(w),
                 ]);
-                row.push(self.decode(tile));
+                row.push(self.decode_in_dtype(tile));
             }
             rows.push(row);
         }
@@ -460,7 +467,7 @@ impl AutoencoderKL {
             }
             result_rows.push(Tensor::cat(cropped, 3));
         }
-        Tensor::cat(result_rows, 2)
+        to_f32(Tensor::cat(result_rows, 2))
     }
 
     /// Loads diffusers-layout safetensors bytes (e.g. converted from a single file).
@@ -475,10 +482,12 @@ impl AutoencoderKL {
 
     /// Images `[B, 3, H, W]` in [-1, 1] -> the latent distribution (unscaled).
     pub fn encode(&self, images: Tensor<4>) -> LatentDistribution {
+        let images = images.cast(dtype_of(&self.encoder.conv_in.weight));
         let mut moments = self.encoder.forward(images);
         if let Some(conv) = &self.quant_conv {
             moments = conv.forward(moments);
         }
+        let moments = to_f32(moments);
         let [b, c, h, w] = moments.dims();
         let half = c / 2;
         let mean = moments.clone().slice([0..b, 0..half, 0..h, 0..w]);
@@ -490,6 +499,12 @@ impl AutoencoderKL {
 
     /// Latents `[B, L, h, w]` (unscaled) -> images `[B, 3, H, W]` in about [-1, 1].
     pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
+        to_f32(self.decode_in_dtype(latents))
+    }
+
+    /// [`AutoencoderKL::decode`] in the weights' dtype (tiles are blended in it too).
+    fn decode_in_dtype(&self, latents: Tensor<4>) -> Tensor<4> {
+        let latents = latents.cast(dtype_of(&self.decoder.conv_in.weight));
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(latents),
             None => latents,

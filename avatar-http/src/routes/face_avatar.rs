@@ -417,12 +417,18 @@ pub async fn task_status(
 
 /// The configured models.
 #[utoipa::path(get, path = "/models", tag = "service",
-    responses((status = 200, description = "`{dcgan, diffusion: [{app_id, xl}], text_to_image, instant_id, face_analysis, safety_checker, background_removal, vqgan_clip}`", body = Object)))]
+    responses((status = 200, description = "`{dcgan, diffusion: [{app_id, xl, precision}], text_to_image, instant_id, face_analysis, safety_checker, background_removal, vqgan_clip}`", body = Object)))]
 pub async fn models(State(app): State<AppState>) -> Json<Value> {
     let diffusion: Vec<Value> = app
         .diffusion
         .iter()
-        .map(|(id, pipeline)| json!({ "app_id": id, "xl": pipeline.is_xl() }))
+        .map(|(id, pipeline)| {
+            json!({
+                "app_id": id,
+                "xl": pipeline.is_xl(),
+                "precision": pipeline.precision().to_string(),
+            })
+        })
         .collect();
     Json(json!({
         "dcgan": avatar_core::ModelSize::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),

@@ -48,6 +48,8 @@ pub struct DiffusionSetup {
     pub background_model: Option<std::path::PathBuf>,
     /// The SCRFD detector and ArcFace recogniser (seed 002 then analyses `init_image` itself).
     pub face_analysis: Option<crate::config::FaceAnalysisSetup>,
+    /// Compute precision of every Stable Diffusion model.
+    pub precision: avatar_core::diffusion::precision::Precision,
 }
 
 impl DiffusionApps {
@@ -58,6 +60,9 @@ impl DiffusionApps {
         for (id, dir) in &setup.apps {
             let mut pipeline = StableDiffusion::load(dir, &device)
                 .map_err(|e| format!("model {id:?} ({}): {e}", dir.display()))?;
+            pipeline
+                .set_precision(setup.precision)
+                .map_err(|e| format!("--sd-precision: {e}"))?;
             if let (Some(paths), "default") = (&setup.ip_adapter, id.as_str()) {
                 pipeline
                     .load_ip_adapter(&paths.adapter, paths.image_encoder.as_deref())
@@ -70,8 +75,10 @@ impl DiffusionApps {
         }
         let instant_id = match &setup.instant_id {
             Some(paths) => {
-                let base = StableDiffusion::load(&paths.model, &device)
+                let mut base = StableDiffusion::load(&paths.model, &device)
                     .map_err(|e| format!("InstantID model ({}): {e}", paths.model.display()))?;
+                base.set_precision(setup.precision)
+                    .map_err(|e| format!("--sd-precision: {e}"))?;
                 Some(Arc::new(
                     InstantId::new(
                         base,

@@ -47,6 +47,7 @@ async fn face_avatars_are_drawn_waited_for_or_queued_in_the_seed_shape() {
     let s = TestServer::start(sd_config()).await;
     let models: Value = s.get("/models").await.json().await.unwrap();
     assert_eq!(models["diffusion"][0]["app_id"], "default");
+    assert_eq!(models["diffusion"][0]["precision"], "fp32");
 
     let (status, answer) = post(
         &s,
@@ -252,9 +253,12 @@ async fn remove_background_cuts_out_with_the_configured_u2net() {
         .join("../avatar-core/tests/fixtures/segmentation/u2net_tiny.pth");
     let mut config = sd_config();
     config.background_model = Some(weights.clone());
+    // The Stable Diffusion models in half precision (`--sd-precision fp16`).
+    config.sd_precision = avatar_core::diffusion::precision::Precision::F16;
     let s = TestServer::start(config).await;
     let models: Value = s.get("/models").await.json().await.unwrap();
     assert_eq!(models["background_removal"], "u2net");
+    assert_eq!(models["diffusion"][0]["precision"], "fp16");
     let (status, answer) = post(
         &s,
         &json!({"app_id": "default", "image": photo(), "width": 256, "height": 256,

@@ -87,15 +87,19 @@ class StableDiffusion:
         safety_checker: Optional[Union[str, PathLike[str]]] = None,
         background_model: Optional[Union[str, PathLike[str]]] = None,
         face_analysis: Optional["FaceAnalysis"] = None,
+        precision: str = "fp32",
     ) -> None:
         """Loads the diffusers folder `model`, then IP-Adapter files (`.bin`/`.safetensors`;
         image adapters need the CLIP `image_encoder` folder), ControlNet folders, diffusers'
         `safety_checker/` folder (used by `safety_checker=True`) and U²-Net weights for
         `face_avatar(remove_background=True)` (without them, plain backgrounds are keyed);
         with `face_analysis`, `face_avatar` gives a loaded IP-Adapter-FaceID(-Plus) the
-        reference's largest face."""
+        reference's largest face. `precision` ("fp32", "fp16", "bf16") is the models' compute
+        precision."""
     @property
     def is_xl(self) -> bool: ...
+    @property
+    def precision(self) -> str: ...
     def text_to_image(
         self,
         prompt: str,
@@ -207,6 +211,7 @@ class InstantID:
         pose_controlnet: Optional[Union[str, PathLike[str]]] = None,
         canny_controlnet: Optional[Union[str, PathLike[str]]] = None,
         device: str = "cpu",
+        precision: str = "fp32",
     ) -> None: ...
     def generate(
         self,
