@@ -7,6 +7,7 @@ pub mod keras;
 mod keras_import;
 mod keras_upsample;
 mod transposed;
+mod upsample_conv;
 mod weights;
 
 pub use config::{Architecture, GeneratorConfig};
@@ -15,8 +16,9 @@ pub use generator::{Generator, latents_for_seeds};
 pub use keras_import::{
     generator_from_keras, keras_config, load_keras_generator, load_keras_generator_bytes,
 };
-pub use keras_upsample::{KerasUpsampleGenerator, UpsampleBlock, upsample_nearest};
+pub use keras_upsample::{KerasUpsampleGenerator, UpsampleBlock};
 pub use transposed::{TransposedBlock, TransposedGenerator};
+pub use upsample_conv::{upsample_conv, upsample_nearest};
 pub use weights::{
     CONFIG_METADATA_KEY, StoredDtype, config_from_metadata, config_path_for, generator_from_bytes,
     generator_to_bytes, load_generator, save_generator,
