@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor};
 
 mod common;
 
-use common::adapters::{fixtures, pipeline, reference_options};
+use common::adapters::{fixtures, load_image_adapter, pipeline, reference_options};
 use common::tensors::{TensorFile, max_abs_diff};
 
 fn controlnets() -> PathBuf {
@@ -114,15 +114,7 @@ fn controlnet_with_ip_adapter_matches_diffusers() {
     let mut sd = pipeline("sd15_tiny", &device);
     sd.load_controlnet(&controlnets().join("sd15_controlnet_0"))
         .unwrap();
-    let adapters = fixtures().join("ip_adapter");
-    sd.load_ip_adapter(
-        &adapters.join("ip_adapter.safetensors"),
-        Some(&adapters.join("image_encoder")),
-    )
-    .unwrap();
-    let reference_image = image::open(adapters.join("reference.png"))
-        .unwrap()
-        .to_rgba8();
+    let reference_image = load_image_adapter(&mut sd);
     let options = TextToImageOptions {
         controlnet: vec![ControlNetPrompt::new(0, png("control_0.png"), 0.8)],
         ip_adapter: vec![IpAdapterPrompt::image(reference_image, 0.7)],

@@ -10,7 +10,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 
 mod common;
 
-use common::adapters::{fixtures, pipeline, reference_options};
+use common::adapters::{fixtures, load_image_adapter, pipeline, reference_options};
 use common::tensors::{TensorFile, max_abs_diff};
 
 /// Largest error allowed against the f32 reference (images in [0, 1], 2 DDIM steps).
@@ -63,15 +63,7 @@ fn sd15_and_sdxl_run_in_half_precision() {
     sd.set_precision(Precision::F16).unwrap();
     assert_eq!(sd.unet().conv_in.weight.val().dtype(), DType::F16);
     assert_eq!(sd.vae().decoder.conv_in.weight.val().dtype(), DType::F16);
-    let adapters = fixtures().join("ip_adapter");
-    sd.load_ip_adapter(
-        &adapters.join("ip_adapter.safetensors"),
-        Some(&adapters.join("image_encoder")),
-    )
-    .unwrap();
-    let reference_image = image::open(adapters.join("reference.png"))
-        .unwrap()
-        .to_rgba8();
+    let reference_image = load_image_adapter(&mut sd);
     let control = image::open(fixtures().join("controlnet/control_0.png"))
         .unwrap()
         .to_rgba8();

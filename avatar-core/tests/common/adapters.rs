@@ -16,6 +16,20 @@ pub fn pipeline(model: &str, device: &Device) -> StableDiffusion {
     StableDiffusion::load(&fixtures().join("diffusion").join(model), device).unwrap()
 }
 
+/// Loads the fixture IP-Adapter (basic, with its CLIP image encoder) into `sd`; returns the
+/// reference picture the fixtures give it.
+pub fn load_image_adapter(sd: &mut StableDiffusion) -> image::RgbaImage {
+    let adapters = fixtures().join("ip_adapter");
+    sd.load_ip_adapter(
+        &adapters.join("ip_adapter.safetensors"),
+        Some(&adapters.join("image_encoder")),
+    )
+    .unwrap();
+    image::open(adapters.join("reference.png"))
+        .unwrap()
+        .to_rgba8()
+}
+
 /// The reference runs' options, from explicit `latents`.
 pub fn reference_options(latents: Tensor<4>) -> TextToImageOptions {
     TextToImageOptions {
