@@ -79,7 +79,10 @@ export declare class SafetyChecker {
   static obfuscate(image: Buffer, how?: string | undefined | null): Buffer
 }
 
-/** A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder. */
+/**
+ * A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder or an
+ * `hf://owner/name[@revision][?variant=fp16]` reference (every model path takes one).
+ */
 export declare class StableDiffusion {
   /**
    * Loads a diffusers folder (`model_index.json`, `unet/`, `vae/`, ...) on `device`, with

@@ -73,6 +73,14 @@ pub enum AvatarError {
         #[source]
         source: std::io::Error,
     },
+    /// Fetching an `hf://` reference from the model hub failed (see [`crate::hub`]).
+    #[error("download {reference}: {message}")]
+    Download {
+        /// The reference as written (`hf://owner/name@revision/path`).
+        reference: String,
+        /// What failed.
+        message: String,
+    },
     /// Encoding or decoding an image failed.
     #[error("image: {0}")]
     Image(String),
@@ -120,6 +128,7 @@ impl AvatarError {
             | AvatarError::Weights(_) => "ERR_WEIGHTS",
             AvatarError::Config(_) => "ERR_CONFIG",
             AvatarError::Io { .. } => "ERR_IO",
+            AvatarError::Download { .. } => "ERR_DOWNLOAD",
             AvatarError::Image(_) => "ERR_IMAGE",
             AvatarError::Cancelled => "ERR_CANCELLED",
             AvatarError::Backend(_) => "ERR_BACKEND",

@@ -28,6 +28,7 @@ pub mod embedded;
 pub mod error;
 #[cfg(feature = "face-analysis")]
 pub mod face_analysis;
+pub mod hub;
 pub mod imaging;
 #[cfg(feature = "face-analysis")]
 pub mod onnx;

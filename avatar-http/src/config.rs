@@ -134,6 +134,8 @@ pub struct Config {
     pub vqgan_queue_capacity: usize,
 
     /// Text-to-image (seed 003's `POST /generate-image`): a diffusers folder (SD 1.5 or SDXL).
+    /// Every model path option also takes `hf://owner/name[@revision][/path][?variant=fp16]`,
+    /// downloaded into the Hugging Face cache (`HF_HOME`, `HF_ENDPOINT`, `HF_TOKEN`) on first use.
     #[arg(long, env = "AVATAR_SD_MODEL")]
     pub sd_model: Option<PathBuf>,
     /// More Stable Diffusion models for seed 001's `app_id`, as `ID=DIR` (repeatable; the

@@ -576,7 +576,8 @@ fn control_prompts(
         .collect()
 }
 
-/// A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder.
+/// A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder or an
+/// `hf://owner/name[@revision][?variant=fp16]` reference (every model path takes one).
 #[napi]
 pub struct StableDiffusion {
     inner: Arc<avatar_core::diffusion::pipeline::StableDiffusion>,

@@ -2,6 +2,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 
 const require = createRequire(import.meta.url);
 const avatar = require('../index.js');
@@ -126,6 +129,22 @@ test('StableDiffusion draws PNGs from a prompt and from an image, with progress 
     (e) => e.code === 'ERR_CANCELLED' || e.name === 'AbortError',
   );
   assert.throws(() => new avatar.StableDiffusion('/nonexistent'), (e) => e.code === 'ERR_IO');
+});
+
+test('StableDiffusion takes hf:// references and fails cleanly when the hub is unreachable', () => {
+  // The download itself is tested in Rust against a stand-in hub.
+  assert.throws(() => new avatar.StableDiffusion('hf://no-owner'), (e) => e.code === 'ERR_INVALID_OPTION');
+  const saved = { home: process.env.HF_HOME, endpoint: process.env.HF_ENDPOINT };
+  process.env.HF_HOME = fs.mkdtempSync(path.join(os.tmpdir(), 'hf-'));
+  process.env.HF_ENDPOINT = 'http://127.0.0.1:9';
+  try {
+    assert.throws(() => new avatar.StableDiffusion('hf://some-org/some-model'), (e) => e.code === 'ERR_DOWNLOAD');
+  } finally {
+    for (const [key, value] of [['HF_HOME', saved.home], ['HF_ENDPOINT', saved.endpoint]]) {
+      if (value === undefined) delete process.env[key];
+      else process.env[key] = value;
+    }
+  }
 });
 
 test('StableDiffusion computes in half precision on request', async () => {

@@ -35,7 +35,7 @@ fn to_py_err(error: AvatarError) -> PyErr {
             | AvatarError::TensorDtype { .. }
             | AvatarError::Weights(_)
             | AvatarError::Config(_) => "WeightsError",
-            AvatarError::Io { .. } => "AvatarIOError",
+            AvatarError::Io { .. } | AvatarError::Download { .. } => "AvatarIOError",
             AvatarError::Cancelled => "CancelledError",
             AvatarError::Image(_) | AvatarError::Backend(_) => "AvatarError",
         };

@@ -182,6 +182,19 @@ def test_stable_diffusion_text_and_image_to_image() -> None:
         avatar.StableDiffusion(TINY_SD / "missing")
 
 
+def test_stable_diffusion_hub_references_fail_cleanly_offline(monkeypatch, tmp_path) -> None:
+    # The download itself is tested in Rust against a stand-in hub; here: the binding passes
+    # hf:// through, and failures arrive as the library's exceptions.
+    with pytest.raises(avatar.InvalidOptionError) as info:
+        avatar.StableDiffusion("hf://no-owner")
+    assert info.value.field == "model"
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(avatar.AvatarIOError) as info:
+        avatar.StableDiffusion("hf://some-org/some-model")
+    assert info.value.code == "ERR_DOWNLOAD"
+
+
 def test_stable_diffusion_in_half_precision() -> None:
     full = avatar.StableDiffusion(TINY_SD)
     half = avatar.StableDiffusion(TINY_SD, precision="fp16")

@@ -16,7 +16,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use super::precision::to_f32;
-use super::weights::{KeyMap, load_strict, load_strict_bytes, read_config, tensor_names};
+use super::weights::{
+    KeyMap, component_weights, load_strict, load_strict_bytes, read_config, tensor_names,
+};
 use crate::error::{AvatarError, Result};
 
 /// The activation of the MLPs.
@@ -386,7 +388,7 @@ impl ClipTextModel {
         let text = std::fs::read_to_string(dir.join("config.json"))
             .map_err(|e| AvatarError::io(dir.join("config.json"), e))?;
         let config = ClipTextConfig::from_hub_json(&text)?;
-        let weights = dir.join("model.safetensors");
+        let weights = component_weights(dir, "model")?;
         Self::load_file(&config, &weights, device)
     }
 

@@ -20,7 +20,7 @@ use super::unet::{
     AddedConditioning, ControlResiduals, TimeShape, UNet2DConditionModel, UNetBlock, UNetConfig,
     down_pass, embed_time, mid_pass,
 };
-use super::weights::{load_strict, read_config};
+use super::weights::{component_weights, load_strict, read_config};
 use crate::error::{AvatarError, Result};
 
 /// The ControlNet-only keys of `config.json` (the rest is read as a [`UNetConfig`]).
@@ -213,12 +213,13 @@ impl ControlNetModel {
     /// Loads `config.json` + `diffusion_pytorch_model.safetensors` from a diffusers ControlNet
     /// folder.
     pub fn load(dir: &Path, device: &Device) -> Result<(ControlNetConfig, Self)> {
+        let dir = &*crate::hub::resolve(dir)?;
         let path = dir.join("config.json");
         let value: serde_json::Value = read_config(&path)?;
         let config = ControlNetConfig::from_json(value, &path.display().to_string())?;
         let model = load_strict(
             config.init(device)?,
-            &dir.join("diffusion_pytorch_model.safetensors"),
+            &component_weights(dir, "diffusion_pytorch_model")?,
             &UNet2DConditionModel::key_map(),
         )?;
         Ok((config, model))

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::clip_vision::{ClipVisionConfig, ClipVisionTransformer, clip_preprocess};
 use super::precision::to_f32;
-use super::weights::{KeyMap, load_strict, read_config};
+use super::weights::{KeyMap, component_weights, load_strict, read_config};
 use crate::error::Result;
 
 /// `CLIPVisionModelWithProjection`'s config: the vision tower and the projection width.
@@ -50,10 +50,11 @@ pub struct ImageEncoder {
 impl ImageEncoder {
     /// Loads `config.json` + `model.safetensors` from a transformers folder.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let dir = &*crate::hub::resolve(dir)?;
         let config: ImageEncoderConfig = read_config(&dir.join("config.json"))?;
         load_strict(
             config.init(device)?,
-            &dir.join("model.safetensors"),
+            &component_weights(dir, "model")?,
             &KeyMap::default().ignore("position_ids"),
         )
     }

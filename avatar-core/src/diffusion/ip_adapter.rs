@@ -486,6 +486,7 @@ impl IpAdapter {
         forced: Option<IpAdapterKind>,
         device: &Device,
     ) -> Result<Self> {
+        let path = &*crate::hub::resolve(path)?;
         let file = path.display().to_string();
         let tensors = read_tensors(path)?;
         let mut proj = BTreeMap::new();

@@ -159,8 +159,10 @@ pub struct StableDiffusion {
 }
 
 impl StableDiffusion {
-    /// Loads a diffusers pipeline folder; SDXL is recognised by `text_encoder_2/`.
+    /// Loads a diffusers pipeline folder (or an `hf://owner/name` reference, see [`crate::hub`]);
+    /// SDXL is recognised by `text_encoder_2/`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let dir = &*crate::hub::resolve(dir)?;
         let index: serde_json::Value = read_config(&dir.join("model_index.json"))?;
         let mut towers = vec![TextTower {
             tokenizer: ClipTokenizer::load(&dir.join("tokenizer"))?,
@@ -466,6 +468,8 @@ impl StableDiffusion {
     /// taking configs, tokenizers and the scheduler from the diffusers folder `config_dir` (as
     /// diffusers' `from_single_file(..., config=...)` does; nothing is downloaded).
     pub fn load_single_file(file: &Path, config_dir: &Path, device: &Device) -> Result<Self> {
+        let file = &*crate::hub::resolve(file)?;
+        let config_dir = &*crate::hub::resolve(config_dir)?;
         let index: serde_json::Value = read_config(&config_dir.join("model_index.json"))?;
         let unet_config: UNetConfig = read_config(&config_dir.join("unet/config.json"))?;
         let vae_config: VaeConfig = read_config(&config_dir.join("vae/config.json"))?;

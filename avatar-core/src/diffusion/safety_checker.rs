@@ -13,7 +13,7 @@ use image::RgbaImage;
 use serde::{Deserialize, Serialize};
 
 use super::clip_vision::{ClipVisionConfig, ClipVisionTransformer, clip_preprocess};
-use super::weights::{KeyMap, load_strict, tensor_names};
+use super::weights::{KeyMap, component_weights, load_strict, tensor_names};
 use crate::error::{AvatarError, Result};
 
 /// The checker's `config.json` (transformers' `CLIPConfig`; only the vision part is used).
@@ -115,12 +115,13 @@ impl SafetyChecker {
     /// with transformers 4's `vision_model.vision_model.` prefix or transformers 5's
     /// `vision_model.`).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let dir = &*crate::hub::resolve(dir)?;
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
             .map_err(|e| AvatarError::io(config_path.clone(), e))?;
         let config: SafetyCheckerConfig = serde_json::from_str(&text)
             .map_err(|e| AvatarError::Config(format!("{}: {e}", config_path.display())))?;
-        let weights = dir.join("model.safetensors");
+        let weights = component_weights(dir, "model")?;
         let names = tensor_names(&weights)?;
         let mut keys = KeyMap::default().ignore("position_ids");
         if names

@@ -18,7 +18,7 @@ use super::embeddings::{TimestepEmbedding, timestep_features};
 use super::precision::{dtype_of, to_f32};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv3x3, group_norm};
 use super::transformer_2d::{BasicTransformerBlock, Transformer2DModel};
-use super::weights::{KeyMap, load_strict, load_strict_bytes, read_config};
+use super::weights::{KeyMap, component_weights, load_strict, load_strict_bytes, read_config};
 use crate::error::{AvatarError, Result};
 
 /// A config value given once for all blocks or once per block.
@@ -511,7 +511,7 @@ impl UNet2DConditionModel {
         let config: UNetConfig = read_config(&dir.join("config.json"))?;
         let model = load_strict(
             config.init(device)?,
-            &dir.join("diffusion_pytorch_model.safetensors"),
+            &component_weights(dir, "diffusion_pytorch_model")?,
             &Self::key_map(),
         )?;
         Ok((config, model))

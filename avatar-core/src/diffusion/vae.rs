@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::precision::{dtype_of, to_f32};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv1x1, conv3x3, group_norm};
-use super::weights::{KeyMap, load_strict, load_strict_bytes, read_config};
+use super::weights::{KeyMap, component_weights, load_strict, load_strict_bytes, read_config};
 use crate::error::{AvatarError, Result};
 
 /// GroupNorm epsilon of the VAE (diffusers hard-codes 1e-6).
@@ -414,7 +414,7 @@ impl AutoencoderKL {
         let config: VaeConfig = read_config(&dir.join("config.json"))?;
         let model = load_strict(
             config.init(device)?,
-            &dir.join("diffusion_pytorch_model.safetensors"),
+            &component_weights(dir, "diffusion_pytorch_model")?,
             &KeyMap::default(),
         )?;
         Ok((config, model))

@@ -73,6 +73,50 @@ pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
     Ok(metadata.tensors().keys().cloned().collect())
 }
 
+/// The weights file `stem.safetensors` of a component folder, or, where only a variant was
+/// saved (diffusers' `variant="fp16"` writes `stem.fp16.safetensors`), that single variant.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// use avatar_core::diffusion::weights::component_weights;
+/// std::fs::write(dir.path().join("model.fp16.safetensors"), b"").unwrap();
+/// let found = component_weights(dir.path(), "model").unwrap();
+/// assert!(found.ends_with("model.fp16.safetensors"));
+/// ```
+pub fn component_weights(dir: &Path, stem: &str) -> Result<std::path::PathBuf> {
+    let plain = dir.join(format!("{stem}.safetensors"));
+    if plain.is_file() {
+        return Ok(plain);
+    }
+    let prefix = format!("{stem}.");
+    let mut variants: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| AvatarError::io(dir, e))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".safetensors"))
+        })
+        .collect();
+    variants.sort();
+    match variants.len() {
+        1 => Ok(variants.remove(0)),
+        0 => Err(AvatarError::io(
+            plain,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such weights file"),
+        )),
+        _ => Err(AvatarError::Weights(format!(
+            "{}: no {stem}.safetensors and several variants ({}); keep one",
+            dir.display(),
+            variants
+                .iter()
+                .filter_map(|p| p.file_name().and_then(|n| n.to_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 /// Whether `path` names a safetensors file (by its extension); anything else is read as a
 /// PyTorch pickle.
 pub fn is_safetensors(path: &Path) -> bool {

@@ -29,7 +29,7 @@ class WeightsError(AvatarError):
 
 
 class AvatarIOError(AvatarError, OSError):
-    """Reading or writing a file failed."""
+    """Reading or writing a file failed, or downloading an ``hf://`` reference did."""
 
 
 class CancelledError(AvatarError):

@@ -75,7 +75,9 @@ class AvatarGenerator:
     ) -> List[bytes]: ...
 
 class StableDiffusion:
-    """A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder (no downloads)."""
+    """A Stable Diffusion 1.5 / SDXL pipeline from a local diffusers folder, or from
+    ``hf://owner/name[@revision][?variant=fp16]`` (every model path takes one; fetched into the
+    Hugging Face cache on first use)."""
 
     def __init__(
         self,
