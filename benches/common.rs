@@ -52,6 +52,8 @@ pub fn bench_args(bench: &str) -> Option<(Vec<String>, usize)> {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    // What every front end gets from `DeviceSpec::device` on the CPU.
+    avatar_core::allocator::tune_for_tensors();
     let runs = args
         .iter()
         .position(|a| a == "--runs")

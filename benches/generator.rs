@@ -5,7 +5,7 @@
 
 use avatar_core::dcgan::{Generator, GeneratorConfig};
 use avatar_core::{AvatarGenerator, DeviceSpec, GenerateOptions, ModelSize, Seed};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 fn forward(generator: &Generator, latents: &Tensor<2>) -> Vec<f32> {
@@ -17,7 +17,8 @@ fn forward(generator: &Generator, latents: &Tensor<2>) -> Vec<f32> {
 }
 
 fn keras_architecture(c: &mut Criterion) {
-    let device = Device::flex();
+    // The CPU device of every front end (`DeviceSpec::Cpu`, which also tunes the heap).
+    let device = DeviceSpec::Cpu.device().expect("cpu");
     let mut group = c.benchmark_group("keras_seed_generator");
     group.sample_size(20);
     for resolution in [96, 128] {

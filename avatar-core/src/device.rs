@@ -55,6 +55,7 @@ impl DeviceSpec {
     }
 
     /// Creates the burn [`Device`] for this spec, or a typed error if the backend is not compiled.
+    /// The CPU device also tunes the process's heap for tensor work ([`crate::allocator`]).
     pub fn device(&self) -> Result<Device, AvatarError> {
         let spec = self.resolve();
         if !spec.is_compiled() {
@@ -67,7 +68,10 @@ impl DeviceSpec {
             });
         }
         Ok(match spec {
-            DeviceSpec::Cpu | DeviceSpec::Auto => Device::flex(),
+            DeviceSpec::Cpu | DeviceSpec::Auto => {
+                crate::allocator::tune_for_tensors();
+                Device::flex()
+            }
             #[cfg(feature = "wgpu")]
             DeviceSpec::Wgpu => Device::wgpu(burn::tensor::DeviceKind::default()),
             #[cfg(feature = "cuda")]

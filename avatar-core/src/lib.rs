@@ -20,6 +20,7 @@
 //! # Ok::<(), avatar_core::AvatarError>(())
 //! ```
 
+pub mod allocator;
 pub mod avatar;
 pub mod dcgan;
 pub mod device;
