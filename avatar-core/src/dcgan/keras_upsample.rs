@@ -7,7 +7,7 @@ use burn::tensor::activation::{relu, tanh};
 use burn::tensor::{Device, Tensor};
 
 use super::config::GeneratorConfig;
-use super::upsample_conv::upsample_conv;
+use super::upsample_conv::upsample_conv_affine;
 use crate::error::Result;
 
 /// One `UpSampling2D -> Conv2D 3x3 same -> BatchNormalization -> ReLU` block.
@@ -23,7 +23,17 @@ pub struct UpsampleBlock {
 
 impl UpsampleBlock {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.norm.forward(upsample_conv(x, &self.conv, self.factor)))
+        // Inference batch norm (running statistics; this generator is only ever imported, never
+        // trained here) folded into the convolution: no separate pass over the largest tensors.
+        let norm = &self.norm;
+        let scale = norm.gamma.val() / norm.running_var.value().add_scalar(norm.epsilon).sqrt();
+        let shift = norm.beta.val() - norm.running_mean.value() * scale.clone();
+        relu(upsample_conv_affine(
+            x,
+            &self.conv,
+            self.factor,
+            Some((scale, shift)),
+        ))
     }
 }
 

@@ -32,6 +32,17 @@ pub fn upsample_nearest(x: Tensor<4>, factor: usize) -> Tensor<4> {
 /// multiply-adds than convolving the upsampled image, which is never materialised; the same
 /// numbers up to float rounding (the summed taps). Other convolutions take the direct path.
 pub fn upsample_conv(x: Tensor<4>, conv: &Conv2d, factor: usize) -> Tensor<4> {
+    upsample_conv_affine(x, conv, factor, None)
+}
+
+/// [`upsample_conv`] followed by a per-output-channel `y * scale + shift` (an inference batch
+/// norm), folded into the kernel and the bias so that no extra pass over the output is made.
+pub fn upsample_conv_affine(
+    x: Tensor<4>,
+    conv: &Conv2d,
+    factor: usize,
+    affine: Option<(Tensor<1>, Tensor<1>)>,
+) -> Tensor<4> {
     let same_3x3 = conv.kernel_size == [3, 3]
         && conv.stride == [1, 1]
         && conv.dilation == [1, 1]
@@ -41,7 +52,14 @@ pub fn upsample_conv(x: Tensor<4>, conv: &Conv2d, factor: usize) -> Tensor<4> {
             PaddingConfig2d::Same | PaddingConfig2d::Explicit(1, 1, 1, 1)
         );
     if factor == 1 || !same_3x3 {
-        return conv.forward(upsample_nearest(x, factor));
+        let y = conv.forward(upsample_nearest(x, factor));
+        return match affine {
+            Some((scale, shift)) => {
+                let c = scale.dims()[0];
+                y * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+            }
+            None => y,
+        };
     }
     let s = factor as i64;
     let size = factor + 2;
@@ -60,8 +78,16 @@ pub fn upsample_conv(x: Tensor<4>, conv: &Conv2d, factor: usize) -> Tensor<4> {
             }
         }
     }
-    let weight = conv.weight.val();
+    let mut weight = conv.weight.val();
+    let mut bias = conv.bias.as_ref().map(|b| b.val());
     let [out_channels, in_channels, _, _] = weight.dims();
+    if let Some((scale, shift)) = affine {
+        weight = weight * scale.clone().reshape([out_channels, 1, 1, 1]);
+        bias = Some(match bias {
+            Some(b) => b * scale + shift,
+            None => shift,
+        });
+    }
     let sum = Tensor::<2>::from_data(TensorData::new(sum, [9, size * size]), &weight.device())
         .cast(weight.dtype());
     let kernel = weight
@@ -72,7 +98,7 @@ pub fn upsample_conv(x: Tensor<4>, conv: &Conv2d, factor: usize) -> Tensor<4> {
     conv_transpose2d(
         x,
         kernel,
-        conv.bias.as_ref().map(|b| b.val()),
+        bias,
         ConvTransposeOptions::new([factor, factor], [1, 1], [0, 0], [1, 1], 1),
     )
 }
@@ -106,5 +132,27 @@ mod tests {
         assert_eq!(fallback.dims(), direct.dims());
         let error = (fallback - direct).abs().max().into_scalar::<f32>();
         assert_eq!(error, 0.0);
+    }
+
+    #[test]
+    fn a_folded_affine_equals_applying_it_after_the_convolution() {
+        let device = Device::default();
+        let normal = Distribution::Normal(0.0, 1.0);
+        let same = Conv2dConfig::new([3, 4], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&device);
+        let valid = Conv2dConfig::new([3, 4], [3, 3]).init(&device);
+        let scale = Tensor::<1>::random([4], normal, &device);
+        let shift = Tensor::<1>::random([4], normal, &device);
+        for (conv, factor) in [(&same, 2), (&same, 3), (&same, 1), (&valid, 2)] {
+            let x = Tensor::<4>::random([2, 3, 5, 4], normal, &device);
+            let plain = upsample_conv(x.clone(), conv, factor);
+            let expected =
+                plain * scale.clone().reshape([1, 4, 1, 1]) + shift.clone().reshape([1, 4, 1, 1]);
+            let folded =
+                upsample_conv_affine(x, conv, factor, Some((scale.clone(), shift.clone())));
+            let error = (folded - expected).abs().max().into_scalar::<f32>();
+            assert!(error < 1e-4, "factor {factor}: {error}");
+        }
     }
 }
