@@ -3,12 +3,12 @@
 //!
 //! `cargo bench -p avatar-core --bench generator`
 
-use avatar_core::dcgan::{Generator, GeneratorConfig};
+use avatar_core::dcgan::{GeneratorConfig, InferenceGenerator};
 use avatar_core::{AvatarGenerator, DeviceSpec, GenerateOptions, ModelSize, Seed};
 use burn::tensor::{Distribution, Tensor};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
-fn forward(generator: &Generator, latents: &Tensor<2>) -> Vec<f32> {
+fn forward(generator: &InferenceGenerator, latents: &Tensor<2>) -> Vec<f32> {
     generator
         .forward(latents.clone())
         .into_data()
@@ -23,7 +23,9 @@ fn keras_architecture(c: &mut Criterion) {
     group.sample_size(20);
     for resolution in [96, 128] {
         let config = GeneratorConfig::keras_seed(resolution).expect("config");
-        let generator = burn::module::Module::valid(&config.init(&device).expect("init"));
+        // Batch norms folded once, as `AvatarGenerator` does at load time.
+        let generator =
+            burn::module::Module::valid(&config.init(&device).expect("init")).for_inference();
         for batch in [1usize, 64] {
             let latents = Tensor::<2>::random(
                 [batch, config.latent_dim],

@@ -8,8 +8,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbaImage;
 
 use crate::dcgan::{
-    Generator, GeneratorConfig, generator_from_bytes, latents_for_seeds, load_generator,
-    load_keras_generator,
+    Generator, GeneratorConfig, InferenceGenerator, generator_from_bytes, latents_for_seeds,
+    load_generator, load_keras_generator,
 };
 use crate::device::DeviceSpec;
 use crate::embedded;
@@ -185,7 +185,7 @@ pub struct EncodedAvatar {
 #[derive(Debug)]
 pub struct AvatarGenerator {
     config: GeneratorConfig,
-    generator: Generator,
+    generator: InferenceGenerator,
     device: Device,
     spec: DeviceSpec,
 }
@@ -214,7 +214,7 @@ impl AvatarGenerator {
         Ok(Self::from_generator(config, generator, *spec, device))
     }
 
-    /// Wraps an already built generator (switched to inference mode).
+    /// Wraps an already built generator (its batch norms folded for inference).
     pub fn from_generator(
         config: GeneratorConfig,
         generator: Generator,
@@ -223,7 +223,7 @@ impl AvatarGenerator {
     ) -> Self {
         AvatarGenerator {
             config,
-            generator: generator.valid(),
+            generator: generator.valid().for_inference(),
             device,
             spec,
         }

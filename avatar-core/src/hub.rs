@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 
+use crate::diffusion::weights::{is_weights_of, pick_weights};
 use crate::error::{AvatarError, Result};
 
 /// The scheme that marks a hub reference.
@@ -209,13 +210,6 @@ pub fn plan_folder(
     model_index: Option<&serde_json::Value>,
     variant: Option<&str>,
 ) -> Result<Vec<String>> {
-    let join = |a: &str, b: &str| {
-        if a.is_empty() {
-            b.to_owned()
-        } else {
-            format!("{a}/{b}")
-        }
-    };
     let Some(index) = model_index else {
         return plan_component(files, folder, variant);
     };
@@ -237,14 +231,15 @@ pub fn plan_folder(
 }
 
 fn plan_component(files: &[String], folder: &str, variant: Option<&str>) -> Result<Vec<String>> {
-    let prefix = if folder.is_empty() {
-        String::new()
-    } else {
-        format!("{folder}/")
-    };
     let children: Vec<&str> = files
         .iter()
-        .filter_map(|f| f.strip_prefix(prefix.as_str()))
+        .filter_map(|f| {
+            if folder.is_empty() {
+                Some(f.as_str())
+            } else {
+                f.strip_prefix(folder)?.strip_prefix('/')
+            }
+        })
         .filter(|name| !name.contains('/'))
         .collect();
     if children.is_empty() {
@@ -255,7 +250,7 @@ fn plan_component(files: &[String], folder: &str, variant: Option<&str>) -> Resu
     let mut plan: Vec<String> = children
         .iter()
         .filter(|n| n.ends_with(".json") || n.ends_with(".txt"))
-        .map(|n| format!("{prefix}{n}"))
+        .map(|n| join(folder, n))
         .collect();
     plan.sort();
     let safetensors: Vec<&str> = children
@@ -273,27 +268,16 @@ fn plan_component(files: &[String], folder: &str, variant: Option<&str>) -> Resu
         let candidates: Vec<&str> = safetensors
             .iter()
             .copied()
-            .filter(|n| n.split('.').next() == Some(stem))
+            .filter(|n| is_weights_of(n, stem))
             .collect();
-        let plain = format!("{stem}.safetensors");
-        let wanted = variant.map(|v| format!("{stem}.{v}.safetensors"));
-        let chosen = wanted
-            .as_deref()
-            .and_then(|w| candidates.iter().find(|n| **n == w))
-            .or_else(|| candidates.iter().find(|n| **n == plain))
-            .or(if candidates.len() == 1 {
-                candidates.first()
-            } else {
-                None
-            })
-            .ok_or_else(|| {
-                AvatarError::Config(format!(
-                    "{folder}: several weight variants of `{stem}` ({}) and no plain file; \
-                     choose one with ?variant=",
-                    candidates.join(", ")
-                ))
-            })?;
-        plan.push(format!("{prefix}{chosen}"));
+        let chosen = pick_weights(stem, &candidates, variant).ok_or_else(|| {
+            AvatarError::Config(format!(
+                "{folder}: several weight variants of `{stem}` ({}) and no plain file; \
+                 choose one with ?variant=",
+                candidates.join(", ")
+            ))
+        })?;
+        plan.push(join(folder, chosen));
     }
     let pickles = children.iter().any(|n| n.ends_with(".bin"));
     if safetensors.is_empty() && pickles {
@@ -305,6 +289,15 @@ fn plan_component(files: &[String], folder: &str, variant: Option<&str>) -> Resu
     Ok(plan)
 }
 
+/// `folder/name` in a repository's path space (`name` alone at the root).
+fn join(folder: &str, name: &str) -> String {
+    if folder.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{folder}/{name}")
+    }
+}
+
 #[cfg(feature = "hub")]
 mod download {
     use std::io::IsTerminal;
@@ -313,7 +306,7 @@ mod download {
     use hf_hub::api::sync::{Api, ApiBuilder, ApiError, ApiRepo};
     use hf_hub::{Cache, Repo, RepoType};
 
-    use super::{HubRef, plan_folder};
+    use super::{HubRef, join, plan_folder};
     use crate::error::{AvatarError, Result};
 
     pub(super) fn fetch(reference: &HubRef) -> Result<PathBuf> {
@@ -419,14 +412,6 @@ mod download {
     fn offline() -> bool {
         std::env::var("HF_HUB_OFFLINE")
             .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-    }
-
-    fn join(folder: &str, name: &str) -> String {
-        if folder.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{folder}/{name}")
-        }
     }
 
     fn failed(reference: &HubRef, file: &str, error: ApiError) -> AvatarError {

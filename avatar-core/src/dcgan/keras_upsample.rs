@@ -3,11 +3,10 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::{relu, tanh};
 use burn::tensor::{Device, Tensor};
 
 use super::config::GeneratorConfig;
-use super::upsample_conv::upsample_conv_affine;
+use super::inference::InferenceGenerator;
 use crate::error::Result;
 
 /// One `UpSampling2D -> Conv2D 3x3 same -> BatchNormalization -> ReLU` block.
@@ -19,22 +18,6 @@ pub struct UpsampleBlock {
     pub norm: BatchNorm,
     /// Nearest-neighbour upsampling factor applied before the convolution.
     pub factor: usize,
-}
-
-impl UpsampleBlock {
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        // Inference batch norm (running statistics; this generator is only ever imported, never
-        // trained here) folded into the convolution: no separate pass over the largest tensors.
-        let norm = &self.norm;
-        let scale = norm.gamma.val() / norm.running_var.value().add_scalar(norm.epsilon).sqrt();
-        let shift = norm.beta.val() - norm.running_mean.value() * scale.clone();
-        relu(upsample_conv_affine(
-            x,
-            &self.conv,
-            self.factor,
-            Some((scale, shift)),
-        ))
-    }
 }
 
 /// Keras `Dense(4*4*F0, relu) -> Reshape -> 4 upsample blocks -> Conv2D(channels, 3x3) -> tanh`.
@@ -75,16 +58,12 @@ impl KerasUpsampleGenerator {
         })
     }
 
-    /// `[N, latent] -> [N, channels, H, W]` in [-1, 1].
+    /// `[N, latent] -> [N, channels, H, W]` in [-1, 1]. Batch norms use their running statistics
+    /// (this generator is only ever imported, never trained here), folded into the convolutions
+    /// as in [`InferenceGenerator`]; keep one from [`Generator::for_inference`] to fold once.
+    ///
+    /// [`Generator::for_inference`]: super::Generator::for_inference
     pub fn forward(&self, latent: Tensor<2>) -> Tensor<4> {
-        let [n, _] = latent.dims();
-        let x = relu(self.dense.forward(latent));
-        let features = x.dims()[1] / 16;
-        // Keras reshapes NHWC: [N, 4, 4, F0] then we go to NCHW.
-        let mut x = x.reshape([n, 4, 4, features]).permute([0, 3, 1, 2]);
-        for block in &self.blocks {
-            x = block.forward(x);
-        }
-        tanh(self.output.forward(x))
+        InferenceGenerator::from(self).forward(latent)
     }
 }

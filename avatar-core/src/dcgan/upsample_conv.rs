@@ -5,9 +5,11 @@
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::module::{conv_transpose2d, interpolate};
-use burn::tensor::ops::{ConvTransposeOptions, InterpolateMode, InterpolateOptions};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+
+use super::inference::FoldedLayer;
 
 /// Nearest-neighbour upsampling by an integer factor (Keras `UpSampling2D`): output pixel `i`
 /// copies input pixel `floor(i / factor)`. Uses the backend's interpolation kernel, 4x faster on
@@ -27,80 +29,24 @@ pub fn upsample_nearest(x: Tensor<4>, factor: usize) -> Tensor<4> {
 /// `conv(upsample_nearest(x, factor))` for a 3x3 'same' convolution, computed on the small input
 /// as one transposed convolution (stride `s` = `factor`, kernel `s + 2`, padding 1): output pixel
 /// `s i + r` only sees input pixels `i + floor((r + dy) / s)` for the taps `dy` = -1, 0, 1, so
-/// the taps that land on the same input pixel are summed into the transposed kernel
-/// (`[9] x [9, (s+2)²]` per channel pair, a 0/1 matrix). 2.25x (`s` = 2) to 4x (`s` = 4) fewer
-/// multiply-adds than convolving the upsampled image, which is never materialised; the same
-/// numbers up to float rounding (the summed taps). Other convolutions take the direct path.
+/// the taps that land on the same input pixel are summed into the transposed kernel. 2.25x
+/// (`s` = 2) to 4x (`s` = 4) fewer multiply-adds than convolving the upsampled image, which is
+/// never materialised; the same numbers up to float rounding (the summed taps). Other
+/// convolutions take the direct path.
 pub fn upsample_conv(x: Tensor<4>, conv: &Conv2d, factor: usize) -> Tensor<4> {
-    upsample_conv_affine(x, conv, factor, None)
+    FoldedLayer::upsample_conv(conv, factor, None).forward(x)
 }
 
-/// [`upsample_conv`] followed by a per-output-channel `y * scale + shift` (an inference batch
-/// norm), folded into the kernel and the bias so that no extra pass over the output is made.
-pub fn upsample_conv_affine(
-    x: Tensor<4>,
-    conv: &Conv2d,
-    factor: usize,
-    affine: Option<(Tensor<1>, Tensor<1>)>,
-) -> Tensor<4> {
-    let same_3x3 = conv.kernel_size == [3, 3]
+/// Whether `conv` is a 3x3 stride-1 convolution with one pixel of padding (Keras `same`).
+pub(super) fn is_same_3x3(conv: &Conv2d) -> bool {
+    conv.kernel_size == [3, 3]
         && conv.stride == [1, 1]
         && conv.dilation == [1, 1]
         && conv.groups == 1
         && matches!(
             conv.padding,
             PaddingConfig2d::Same | PaddingConfig2d::Explicit(1, 1, 1, 1)
-        );
-    if factor == 1 || !same_3x3 {
-        let y = conv.forward(upsample_nearest(x, factor));
-        return match affine {
-            Some((scale, shift)) => {
-                let c = scale.dims()[0];
-                y * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
-            }
-            None => y,
-        };
-    }
-    let s = factor as i64;
-    let size = factor + 2;
-    // Transposed-kernel position t (per axis) holds the output phase r = t - 1 + s o reading
-    // input offset o; tap k (dy = k - 1) of phase r reads offset floor((r + k - 1) / s).
-    let lands = |t: usize, k: usize| {
-        let d = t as i64 - 1;
-        let (offset, phase) = (-d.div_euclid(s), d.rem_euclid(s));
-        (phase + k as i64 - 1).div_euclid(s) == offset
-    };
-    let mut sum = vec![0f32; 9 * size * size];
-    for (ky, kx) in (0..3).flat_map(|ky| (0..3).map(move |kx| (ky, kx))) {
-        for (ty, tx) in (0..size).flat_map(|ty| (0..size).map(move |tx| (ty, tx))) {
-            if lands(ty, ky) && lands(tx, kx) {
-                sum[(ky * 3 + kx) * size * size + ty * size + tx] = 1.0;
-            }
-        }
-    }
-    let mut weight = conv.weight.val();
-    let mut bias = conv.bias.as_ref().map(|b| b.val());
-    let [out_channels, in_channels, _, _] = weight.dims();
-    if let Some((scale, shift)) = affine {
-        weight = weight * scale.clone().reshape([out_channels, 1, 1, 1]);
-        bias = Some(match bias {
-            Some(b) => b * scale + shift,
-            None => shift,
-        });
-    }
-    let sum = Tensor::<2>::from_data(TensorData::new(sum, [9, size * size]), &weight.device())
-        .cast(weight.dtype());
-    let kernel = weight
-        .reshape([out_channels * in_channels, 9])
-        .matmul(sum)
-        .reshape([out_channels, in_channels, size, size])
-        .swap_dims(0, 1);
-    conv_transpose2d(
-        x,
-        kernel,
-        bias,
-        ConvTransposeOptions::new([factor, factor], [1, 1], [0, 0], [1, 1], 1),
-    )
+        )
 }
 
 #[cfg(test)]
@@ -132,27 +78,5 @@ mod tests {
         assert_eq!(fallback.dims(), direct.dims());
         let error = (fallback - direct).abs().max().into_scalar::<f32>();
         assert_eq!(error, 0.0);
-    }
-
-    #[test]
-    fn a_folded_affine_equals_applying_it_after_the_convolution() {
-        let device = Device::default();
-        let normal = Distribution::Normal(0.0, 1.0);
-        let same = Conv2dConfig::new([3, 4], [3, 3])
-            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-            .init(&device);
-        let valid = Conv2dConfig::new([3, 4], [3, 3]).init(&device);
-        let scale = Tensor::<1>::random([4], normal, &device);
-        let shift = Tensor::<1>::random([4], normal, &device);
-        for (conv, factor) in [(&same, 2), (&same, 3), (&same, 1), (&valid, 2)] {
-            let x = Tensor::<4>::random([2, 3, 5, 4], normal, &device);
-            let plain = upsample_conv(x.clone(), conv, factor);
-            let expected =
-                plain * scale.clone().reshape([1, 4, 1, 1]) + shift.clone().reshape([1, 4, 1, 1]);
-            let folded =
-                upsample_conv_affine(x, conv, factor, Some((scale.clone(), shift.clone())));
-            let error = (folded - expected).abs().max().into_scalar::<f32>();
-            assert!(error < 1e-4, "factor {factor}: {error}");
-        }
     }
 }

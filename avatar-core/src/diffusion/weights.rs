@@ -88,33 +88,52 @@ pub fn component_weights(dir: &Path, stem: &str) -> Result<std::path::PathBuf> {
     if plain.is_file() {
         return Ok(plain);
     }
-    let prefix = format!("{stem}.");
-    let mut variants: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .map_err(|e| AvatarError::io(dir, e))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".safetensors"))
-        })
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| is_weights_of(name, stem))
         .collect();
-    variants.sort();
-    match variants.len() {
-        1 => Ok(variants.remove(0)),
-        0 => Err(AvatarError::io(
+    names.sort();
+    let candidates: Vec<&str> = names.iter().map(String::as_str).collect();
+    match pick_weights(stem, &candidates, None) {
+        Some(name) => Ok(dir.join(name)),
+        None if candidates.is_empty() => Err(AvatarError::io(
             plain,
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such weights file"),
         )),
-        _ => Err(AvatarError::Weights(format!(
+        None => Err(AvatarError::Weights(format!(
             "{}: no {stem}.safetensors and several variants ({}); keep one",
             dir.display(),
-            variants
-                .iter()
-                .filter_map(|p| p.file_name().and_then(|n| n.to_str()))
-                .collect::<Vec<_>>()
-                .join(", ")
+            candidates.join(", ")
         ))),
     }
+}
+
+/// Whether the file `name` holds safetensors weights of `stem`: `stem.safetensors` or a variant
+/// such as `stem.fp16.safetensors`.
+pub(crate) fn is_weights_of(name: &str, stem: &str) -> bool {
+    name.ends_with(".safetensors") && name.split('.').next() == Some(stem)
+}
+
+/// The one weights file to load among `candidates` (file names of `stem`, see
+/// [`is_weights_of`]): the `variant` if asked for and present, else the plain
+/// `stem.safetensors`, else the only candidate; `None` when nothing or several variants remain.
+pub(crate) fn pick_weights<'a>(
+    stem: &str,
+    candidates: &[&'a str],
+    variant: Option<&str>,
+) -> Option<&'a str> {
+    let wanted = variant.map(|v| format!("{stem}.{v}.safetensors"));
+    let plain = format!("{stem}.safetensors");
+    let find = |name: &str| candidates.iter().copied().find(|n| *n == name);
+    wanted
+        .as_deref()
+        .and_then(find)
+        .or_else(|| find(&plain))
+        .or(match candidates {
+            [only] => Some(*only),
+            _ => None,
+        })
 }
 
 /// Whether `path` names a safetensors file (by its extension); anything else is read as a
