@@ -8,6 +8,7 @@ use burn::tensor::activation::leaky_relu;
 use burn::tensor::{Device, Tensor};
 
 use super::config::base_size;
+use super::small_channels::conv2d_image;
 use crate::error::Result;
 
 /// `channels x R x R` image -> one real/fake logit, through 4x4 stride-2 convolutions.
@@ -78,7 +79,7 @@ impl Discriminator {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<1> {
         let mut x = images;
         for block in &self.blocks {
-            x = block.conv.forward(x);
+            x = conv2d_image(x, &block.conv);
             if let Some(norm) = &block.norm {
                 x = norm.forward(x);
             }

@@ -7,6 +7,7 @@ mod inference;
 pub mod keras;
 mod keras_import;
 mod keras_upsample;
+mod small_channels;
 mod transposed;
 mod upsample_conv;
 mod weights;

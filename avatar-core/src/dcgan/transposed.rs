@@ -7,6 +7,7 @@ use burn::tensor::activation::{relu, tanh};
 use burn::tensor::{Device, Tensor};
 
 use super::config::GeneratorConfig;
+use super::small_channels::conv_transpose2d_image;
 use crate::error::Result;
 
 /// `ConvTranspose2d -> BatchNorm -> ReLU`.
@@ -75,6 +76,6 @@ impl TransposedGenerator {
         for block in &self.blocks {
             x = relu(block.norm.forward(block.conv.forward(x)));
         }
-        tanh(self.output.forward(x))
+        tanh(conv_transpose2d_image(x, &self.output))
     }
 }
