@@ -1,4 +1,5 @@
-//! Hugging Face Hub references: every diffusion loader that takes a path also takes
+//! Hugging Face Hub references: every model loader that takes a path (diffusion pipelines and
+//! their components, VQGAN and CLIP weights and configs, U²-Net, the ONNX face models) also takes
 //! `hf://owner/name[@revision][/path][?variant=fp16]` and, with the `hub` feature, downloads what
 //! it needs into the Hugging Face cache on first use (nothing is ever downloaded implicitly: only a
 //! path the caller wrote as `hf://...` is fetched, and no repository id is built in).
@@ -7,7 +8,8 @@
 //!   `model_index.json`: every listed component's configs, tokenizer files and one safetensors
 //!   weights file per component) or a single component folder (`config.json` + weights, e.g. a
 //!   ControlNet or a CLIP image encoder).
-//! - `hf://owner/name/path/file.safetensors`: one file (an IP-Adapter, a single-file checkpoint).
+//! - `hf://owner/name/path/file.safetensors`: one file (an IP-Adapter, a single-file checkpoint, a
+//!   taming `.ckpt` or `.yaml`, an open_clip state dict, a `.pth`, an `.onnx` model).
 //! - `@revision`: a branch, tag or commit (default `main`; write `/` in a branch name as `%2F`).
 //! - `?variant=fp16`: prefer `*.fp16.safetensors` weights, as diffusers' `variant="fp16"`; without
 //!   it the plain `*.safetensors` is taken, or the only variant a component has.

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use avatar_core::diffusion::pipeline::{StableDiffusion, TextToImageOptions};
-use burn::tensor::Device;
+use avatar_core::vqgan_clip::{OpenClipConfig, VqganClip};
+use burn::tensor::{Device, Tensor};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -190,7 +191,9 @@ fn hub_references_download_the_needed_files_once_and_fail_typed() {
         })
         .collect();
     let controlnet = tree(&fixtures().join("controlnet/sd15_controlnet_0"));
+    let vqgan_clip_dir = fixtures().join("vqgan_clip");
     let repos: Repos = [
+        ("test-org/tiny-vqgan-clip".to_owned(), tree(&vqgan_clip_dir)),
         ("test-org/tiny-sd".to_owned(), full),
         ("test-org/tiny-sd-fp16".to_owned(), fp16_only),
         ("test-org/tiny-controlnet".to_owned(), controlnet),
@@ -242,6 +245,28 @@ fn hub_references_download_the_needed_files_once_and_fail_typed() {
         .unwrap()
         .into_owned();
     assert_eq!(std::fs::read(&config).unwrap(), local["unet/config.json"]);
+
+    // Single files for the other loaders: taming's yaml + Lightning checkpoint, open_clip's config
+    // + state dict; the engine built from them computes what the local files give.
+    let remote = |file: &str| PathBuf::from(format!("hf://test-org/tiny-vqgan-clip/{file}"));
+    let vqgan_clip = |path: &dyn Fn(&str) -> PathBuf| {
+        let clip = OpenClipConfig::from_json_file(&path("clip_config.json")).unwrap();
+        let engine = VqganClip::load(
+            &path("vqgan.yaml"),
+            &path("vqgan.ckpt"),
+            &clip,
+            &path("clip.safetensors"),
+            &device,
+        )
+        .unwrap();
+        let embed_dim = engine.vqgan().quantize.codebook().dims()[1];
+        let z = Tensor::<4>::ones([1, embed_dim, 2, 2], engine.device());
+        (
+            engine.embed_texts(&["a cartoon avatar"]).into_data(),
+            engine.synthesize(z).into_data(),
+        )
+    };
+    assert_eq!(vqgan_clip(&remote), vqgan_clip(&|f| vqgan_clip_dir.join(f)));
 
     // Loading again downloads nothing (only the listing is asked for).
     let before = hub.fetched("test-org/tiny-sd").len();

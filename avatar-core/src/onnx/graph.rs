@@ -151,6 +151,7 @@ pub struct OnnxGraph {
 impl OnnxGraph {
     /// Reads an `.onnx` file; its initializers go to `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let path = &*crate::hub::resolve(path)?;
         let bytes = std::fs::read(path).map_err(|e| AvatarError::io(path, e))?;
         Self::from_bytes(&bytes, &path.display().to_string(), device)
     }

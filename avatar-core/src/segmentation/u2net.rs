@@ -426,6 +426,7 @@ impl U2Net {
     /// Loads an official U²-Net state dict (`.pth`, as released) or its safetensors conversion;
     /// the widths come from the file. Missing, unexpected or mis-shaped tensors are an error.
     pub fn load(weights: &Path, device: &Device) -> Result<Self> {
+        let weights = &*crate::hub::resolve(weights)?;
         let shapes = tensor_shapes(weights)?;
         let config = U2NetConfig::from_shapes(&shapes)
             .map_err(|e| AvatarError::Weights(format!("{}: {e}", weights.display())))?;

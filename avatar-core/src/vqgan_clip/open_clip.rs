@@ -123,6 +123,7 @@ impl OpenClipConfig {
 
     /// Reads [`OpenClipConfig::from_json`] from a file.
     pub fn from_json_file(path: &Path) -> Result<Self> {
+        let path = &*crate::hub::resolve(path)?;
         let text = std::fs::read_to_string(path).map_err(|e| AvatarError::io(path, e))?;
         Self::from_json(&text).map_err(|e| AvatarError::Config(format!("{}: {e}", path.display())))
     }
@@ -355,6 +356,7 @@ impl OpenClip {
     /// `config`; `logit_scale` and OpenAI's metadata entries are ignored, anything else missing,
     /// unexpected or mis-shaped is an error listing the keys.
     pub fn load(config: &OpenClipConfig, weights: &Path, device: &Device) -> Result<Self> {
+        let weights = &*crate::hub::resolve(weights)?;
         let model = config.init(device)?;
         let keys = KeyMap::default()
             .ignore("logit_scale")

@@ -125,6 +125,7 @@ impl VqganConfig {
 
     /// Reads [`VqganConfig::from_taming_yaml`] from a file.
     pub fn from_taming_yaml_file(path: &Path) -> Result<Self> {
+        let path = &*crate::hub::resolve(path)?;
         let text = std::fs::read_to_string(path).map_err(|e| AvatarError::io(path, e))?;
         Self::from_taming_yaml(&text)
             .map_err(|e| AvatarError::Config(format!("{}: {e}", path.display())))
@@ -491,6 +492,7 @@ impl VqModel {
     /// dict (`.pt`, `.pth`, `.bin`) or safetensors; the training loss's keys (`loss.*`) are ignored,
     /// anything else missing, unexpected or mis-shaped is an error listing the keys.
     pub fn load(config: &VqganConfig, weights: &Path, device: &Device) -> Result<Self> {
+        let weights = &*crate::hub::resolve(weights)?;
         let model = config.init(device)?;
         let keys = KeyMap::default()
             .remap(r"\.nin_shortcut\.", ".conv_shortcut.")
