@@ -6,8 +6,8 @@
 //! steps (`M_TOP_PAD`) and never trims it (`M_TRIM_THRESHOLD` -1): freed buffers are reused, as
 //! with a caching allocator. Measured side by side (`benches/RESULTS.md`, 2026-11-30): the SD1.5
 //! UNet step 18% faster, the VAE decode 16%, the seed Keras generator at batch 64 about 2x, DCGAN
-//! training +15% images/s, at the same peak RSS. The cost: the process keeps its high-water mark of heap memory
-//! for reuse instead of returning it.
+//! training +15% images/s, at the same peak RSS. The cost: the process keeps its high-water mark
+//! of heap memory for reuse instead of returning it.
 //!
 //! Applied once, when a CPU [`crate::DeviceSpec`] is turned into a device (so by every front
 //! end); `AVATAR_MALLOC_TUNING=0` leaves the process's allocator as it is. It does nothing on other
@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 pub const TOP_PAD: usize = 256 << 20;
 
 /// Sets glibc's `M_MMAP_MAX` to 0, `M_TOP_PAD` to [`TOP_PAD`] and `M_TRIM_THRESHOLD` to -1 (no
-/// trimming) once per process, unless
-/// `AVATAR_MALLOC_TUNING=0`; returns whether the tuning is in effect.
+/// trimming) once per process, unless `AVATAR_MALLOC_TUNING=0`; returns whether the tuning is in
+/// effect.
 pub fn tune_for_tensors() -> bool {
     static APPLIED: OnceLock<bool> = OnceLock::new();
     *APPLIED.get_or_init(|| {

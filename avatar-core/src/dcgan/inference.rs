@@ -2,18 +2,17 @@
 //! convolution before it, and the seed's `UpSampling2D -> Conv2D` blocks rewritten as transposed
 //! convolutions, once at load time instead of on every forward pass.
 
-use burn::module::Param;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::nn::{BatchNorm, Linear};
+use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, tanh};
 use burn::tensor::module::conv_transpose2d;
 use burn::tensor::ops::ConvTransposeOptions;
-use burn::tensor::{Tensor, TensorData};
 
 use super::generator::Generator;
 use super::keras_upsample::KerasUpsampleGenerator;
 use super::transposed::TransposedGenerator;
-use super::upsample_conv::{is_same_3x3, upsample_nearest};
+use super::upsample_conv::{is_same_3x3, transposed_kernel, upsample_nearest};
 
 /// One convolution layer with its batch norm folded in.
 // A handful per generator, built once: the variants' size difference does not matter.
@@ -26,8 +25,13 @@ pub(super) enum FoldedLayer {
         bias: Option<Tensor<1>>,
         options: ConvTransposeOptions<2>,
     },
-    /// `conv(upsample_nearest(x, factor))`: convolutions the transposed rewrite does not cover.
-    Upsampled { factor: usize, conv: Conv2d },
+    /// `conv(upsample_nearest(x, factor)) * scale + shift` (`affine` from a batch norm): the
+    /// convolutions the transposed rewrite does not cover, kept as they are.
+    Upsampled {
+        factor: usize,
+        conv: Conv2d,
+        affine: Option<(Tensor<1>, Tensor<1>)>,
+    },
 }
 
 impl FoldedLayer {
@@ -56,22 +60,24 @@ impl FoldedLayer {
     /// convolution on the small input (see [`super::upsample_conv`]); any other convolution
     /// convolves the upsampled image.
     pub(super) fn upsample_conv(conv: &Conv2d, factor: usize, norm: Option<&BatchNorm>) -> Self {
+        if factor == 1 || !is_same_3x3(conv) {
+            return FoldedLayer::Upsampled {
+                factor,
+                conv: conv.clone(),
+                affine: norm.map(inference_affine),
+            };
+        }
         let (weight, bias) = fold(
             conv.weight.val(),
             0,
             conv.bias.as_ref().map(|b| b.val()),
             norm,
         );
-        if factor == 1 || !is_same_3x3(conv) {
-            let mut conv = conv.clone();
-            conv.weight = Param::from_tensor(weight);
-            conv.bias = bias.map(Param::from_tensor);
-            return FoldedLayer::Upsampled { factor, conv };
-        }
+        let (weight, options) = transposed_kernel(weight, factor);
         FoldedLayer::Transposed {
-            weight: phase_kernel(weight, factor),
+            weight,
             bias,
-            options: ConvTransposeOptions::new([factor, factor], [1, 1], [0, 0], [1, 1], 1),
+            options,
         }
     }
 
@@ -82,14 +88,35 @@ impl FoldedLayer {
                 bias,
                 options,
             } => conv_transpose2d(x, weight.clone(), bias.clone(), options.clone()),
-            FoldedLayer::Upsampled { factor, conv } => conv.forward(upsample_nearest(x, *factor)),
+            FoldedLayer::Upsampled {
+                factor,
+                conv,
+                affine,
+            } => {
+                let y = conv.forward(upsample_nearest(x, *factor));
+                match affine {
+                    Some((scale, shift)) => {
+                        let c = scale.dims()[0];
+                        y * scale.clone().reshape([1, c, 1, 1])
+                            + shift.clone().reshape([1, c, 1, 1])
+                    }
+                    None => y,
+                }
+            }
         }
     }
 }
 
+/// The inference batch norm `norm` as `y * scale + shift` per channel: scale = gamma /
+/// sqrt(var + eps), shift = beta - mean * scale.
+fn inference_affine(norm: &BatchNorm) -> (Tensor<1>, Tensor<1>) {
+    let scale = norm.gamma.val() / norm.running_var.value().add_scalar(norm.epsilon).sqrt();
+    let shift = norm.beta.val() - norm.running_mean.value() * scale.clone();
+    (scale, shift)
+}
+
 /// `weight` and `bias` of a convolution followed by the inference batch norm `norm`
-/// (`y * scale + shift`, scale = gamma / sqrt(var + eps), shift = beta - mean * scale), as one
-/// convolution; `out_axis` is the weight's output-channel axis (0 for conv, 1 for transposed).
+/// ([`inference_affine`]), as one convolution; `out_axis` is the weight's output-channel axis (0 for conv, 1 for transposed).
 fn fold(
     weight: Tensor<4>,
     out_axis: usize,
@@ -99,8 +126,7 @@ fn fold(
     let Some(norm) = norm else {
         return (weight, bias);
     };
-    let scale = norm.gamma.val() / norm.running_var.value().add_scalar(norm.epsilon).sqrt();
-    let shift = norm.beta.val() - norm.running_mean.value() * scale.clone();
+    let (scale, shift) = inference_affine(norm);
     let mut shape = [1; 4];
     shape[out_axis] = scale.dims()[0];
     let weight = weight * scale.clone().reshape(shape);
@@ -109,39 +135,6 @@ fn fold(
         None => shift,
     };
     (weight, Some(bias))
-}
-
-/// The transposed kernel `[in, out, s + 2, s + 2]` (stride `s` = `factor`, padding 1) equal to a
-/// 3x3 'same' convolution `weight` `[out, in, 3, 3]` of the `factor`x nearest-upsampled input:
-/// output pixel `s i + r` only sees input pixels `i + floor((r + dy) / s)` for the taps `dy` =
-/// -1, 0, 1, so the taps that land on the same input pixel are summed into the transposed kernel
-/// (`[9] x [9, (s+2)²]` per channel pair, a 0/1 matrix).
-fn phase_kernel(weight: Tensor<4>, factor: usize) -> Tensor<4> {
-    let s = factor as i64;
-    let size = factor + 2;
-    // Transposed-kernel position t (per axis) holds the output phase r = t - 1 + s o reading
-    // input offset o; tap k (dy = k - 1) of phase r reads offset floor((r + k - 1) / s).
-    let lands = |t: usize, k: usize| {
-        let d = t as i64 - 1;
-        let (offset, phase) = (-d.div_euclid(s), d.rem_euclid(s));
-        (phase + k as i64 - 1).div_euclid(s) == offset
-    };
-    let mut sum = vec![0f32; 9 * size * size];
-    for (ky, kx) in (0..3).flat_map(|ky| (0..3).map(move |kx| (ky, kx))) {
-        for (ty, tx) in (0..size).flat_map(|ty| (0..size).map(move |tx| (ty, tx))) {
-            if lands(ty, ky) && lands(tx, kx) {
-                sum[(ky * 3 + kx) * size * size + ty * size + tx] = 1.0;
-            }
-        }
-    }
-    let [out_channels, in_channels, _, _] = weight.dims();
-    let sum = Tensor::<2>::from_data(TensorData::new(sum, [9, size * size]), &weight.device())
-        .cast(weight.dtype());
-    weight
-        .reshape([out_channels * in_channels, 9])
-        .matmul(sum)
-        .reshape([out_channels, in_channels, size, size])
-        .swap_dims(0, 1)
 }
 
 /// How the latent vector becomes the first feature map.
@@ -224,10 +217,13 @@ impl Generator {
 
 #[cfg(test)]
 mod tests {
-    use burn::module::Module;
+    use burn::module::{Module, Param};
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::{BatchNormConfig, PaddingConfig2d};
     use burn::tensor::{Device, Distribution};
 
     use super::super::config::GeneratorConfig;
+    use super::super::upsample_conv::upsample_conv;
     use super::*;
 
     /// Random running statistics, so that folding them is actually exercised.
@@ -242,6 +238,26 @@ mod tests {
             Distribution::Uniform(0.5, 2.0),
             device,
         ));
+    }
+
+    #[test]
+    fn a_folded_batch_norm_equals_applying_it_after_the_convolution() {
+        let device = Device::default();
+        let normal = Distribution::Normal(0.0, 1.0);
+        let same = Conv2dConfig::new([3, 4], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&device);
+        let valid = Conv2dConfig::new([3, 4], [3, 3]).init(&device);
+        let mut norm = BatchNormConfig::new(4).init(&device);
+        randomise_norm(&mut norm, &device);
+        // Factors 2 and 3 take the transposed rewrite; factor 1 and the 'valid' conv do not.
+        for (conv, factor) in [(&same, 2), (&same, 3), (&same, 1), (&valid, 2)] {
+            let x = Tensor::<4>::random([2, 3, 5, 4], normal, &device);
+            let expected = norm.forward(upsample_conv(x.clone(), conv, factor));
+            let folded = FoldedLayer::upsample_conv(conv, factor, Some(&norm)).forward(x);
+            let error = (folded - expected).abs().max().into_scalar::<f32>();
+            assert!(error < 1e-4, "factor {factor}: {error}");
+        }
     }
 
     #[test]

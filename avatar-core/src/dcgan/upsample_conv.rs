@@ -5,9 +5,9 @@
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::Tensor;
 use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::ops::{ConvTransposeOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::{Tensor, TensorData};
 
 use super::inference::FoldedLayer;
 
@@ -47,6 +47,45 @@ pub(super) fn is_same_3x3(conv: &Conv2d) -> bool {
             conv.padding,
             PaddingConfig2d::Same | PaddingConfig2d::Explicit(1, 1, 1, 1)
         )
+}
+
+/// The transposed convolution (kernel `[in, out, s + 2, s + 2]` and its options) equal to the
+/// 3x3 'same' convolution `weight` `[out, in, 3, 3]` of the `factor`x upsampled input, as
+/// described at [`upsample_conv`]: per channel pair, the 9 taps times a 0/1 matrix
+/// `[9, (s+2)²]` that sums the taps landing on the same input pixel.
+pub(super) fn transposed_kernel(
+    weight: Tensor<4>,
+    factor: usize,
+) -> (Tensor<4>, ConvTransposeOptions<2>) {
+    let s = factor as i64;
+    let size = factor + 2;
+    // Transposed-kernel position t (per axis) holds the output phase r = t - 1 + s o reading
+    // input offset o; tap k (dy = k - 1) of phase r reads offset floor((r + k - 1) / s).
+    let lands = |t: usize, k: usize| {
+        let d = t as i64 - 1;
+        let (offset, phase) = (-d.div_euclid(s), d.rem_euclid(s));
+        (phase + k as i64 - 1).div_euclid(s) == offset
+    };
+    let mut sum = vec![0f32; 9 * size * size];
+    for (ky, kx) in (0..3).flat_map(|ky| (0..3).map(move |kx| (ky, kx))) {
+        for (ty, tx) in (0..size).flat_map(|ty| (0..size).map(move |tx| (ty, tx))) {
+            if lands(ty, ky) && lands(tx, kx) {
+                sum[(ky * 3 + kx) * size * size + ty * size + tx] = 1.0;
+            }
+        }
+    }
+    let [out_channels, in_channels, _, _] = weight.dims();
+    let sum = Tensor::<2>::from_data(TensorData::new(sum, [9, size * size]), &weight.device())
+        .cast(weight.dtype());
+    let kernel = weight
+        .reshape([out_channels * in_channels, 9])
+        .matmul(sum)
+        .reshape([out_channels, in_channels, size, size])
+        .swap_dims(0, 1);
+    (
+        kernel,
+        ConvTransposeOptions::new([factor, factor], [1, 1], [0, 0], [1, 1], 1),
+    )
 }
 
 #[cfg(test)]
