@@ -41,12 +41,15 @@ def main() -> int:
     ap.add_argument("--train-bin", default=str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
                                               / "x86_64-unknown-linux-gnu/release/examples/train"))
     ap.add_argument("--baseline-bin", help="also time this (older) build of the train example, alternating")
+    ap.add_argument("--config", type=int, action="append",
+                    help="time only this row of CONFIGS (0-based; repeatable); default: all")
     a = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
     extra = ("ours before (img/s) | ", "--- | ") if a.baseline_bin else ("", "")
     rows = [f"| model | batch | steps | {extra[0]}ours (img/s) | PyTorch (img/s) | ours vs PyTorch |",
             f"| --- | --- | --- | {extra[1]}--- | --- | --- |"]
-    for name, size, latent, widths, d_widths, batch, steps in CONFIGS:
+    configs = [CONFIGS[i] for i in a.config] if a.config else CONFIGS
+    for name, size, latent, widths, d_widths, batch, steps in configs:
         data = str(Path(a.data) / str(size))
         ours_runs, base_runs, torch_runs = [], [], []
         for _ in range(a.repeat):

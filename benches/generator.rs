@@ -1,7 +1,13 @@
 //! Generator forward pass on the CPU (flex): batch 1 and 64 at 96 and 128 px, for the seed's
-//! Keras architecture (random weights: speed does not depend on them) and our shipped models.
+//! Keras architecture (random weights: speed does not depend on them) and our shipped models
+//! (raw forward, and PNG-encoded avatars).
 //!
 //! `cargo bench -p avatar-core --bench generator`
+//!
+//! `AVATAR_BENCH_GENERATORS=a.safetensors,b.safetensors` adds more `transposed` models to the
+//! raw-forward group (`benches/compare_inference.py` times the same files in PyTorch).
+
+use std::path::{Path, PathBuf};
 
 use avatar_core::dcgan::{GeneratorConfig, InferenceGenerator};
 use avatar_core::{AvatarGenerator, DeviceSpec, GenerateOptions, ModelSize, Seed};
@@ -42,6 +48,47 @@ fn keras_architecture(c: &mut Criterion) {
     group.finish();
 }
 
+fn transposed_models(c: &mut Criterion) {
+    let mut models: Vec<(String, AvatarGenerator)> = ModelSize::ALL
+        .iter()
+        .filter_map(|&size| {
+            let generator = AvatarGenerator::load(size, &DeviceSpec::Cpu).ok()?;
+            Some((size.as_str().to_string(), generator))
+        })
+        .collect();
+    let extra = std::env::var("AVATAR_BENCH_GENERATORS").unwrap_or_default();
+    for path in extra.split(',').filter(|p| !p.is_empty()) {
+        let name = Path::new(path)
+            .file_stem()
+            .map_or(path.into(), |s| s.to_string_lossy().into_owned());
+        let generator = AvatarGenerator::load(PathBuf::from(path), &DeviceSpec::Cpu)
+            .expect("generator weights");
+        models.push((name, generator));
+    }
+    let device = DeviceSpec::Cpu.device().expect("cpu");
+    let mut group = c.benchmark_group("transposed_generator_forward");
+    group.sample_size(20);
+    for (name, generator) in &models {
+        for batch in [1usize, 64] {
+            let latents = Tensor::<2>::random(
+                [batch, generator.config().latent_dim],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, _| {
+                b.iter(|| {
+                    generator
+                        .forward(latents.clone())
+                        .into_data()
+                        .try_into_vec::<f32>()
+                        .expect("f32 output")
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn shipped_models(c: &mut Criterion) {
     let mut group = c.benchmark_group("shipped_avatar_png");
     group.sample_size(20);
@@ -74,5 +121,10 @@ fn shipped_models(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, keras_architecture, shipped_models);
+criterion_group!(
+    benches,
+    keras_architecture,
+    transposed_models,
+    shipped_models
+);
 criterion_main!(benches);

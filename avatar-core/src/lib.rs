@@ -20,6 +20,7 @@
 //! # Ok::<(), avatar_core::AvatarError>(())
 //! ```
 
+pub mod activation;
 pub mod allocator;
 pub mod avatar;
 pub mod dcgan;

@@ -5,7 +5,7 @@
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::nn::{BatchNorm, Linear};
 use burn::tensor::Tensor;
-use burn::tensor::activation::{relu, tanh};
+use burn::tensor::activation::relu;
 use burn::tensor::module::conv_transpose2d;
 use burn::tensor::ops::ConvTransposeOptions;
 
@@ -13,6 +13,7 @@ use super::generator::Generator;
 use super::keras_upsample::KerasUpsampleGenerator;
 use super::transposed::TransposedGenerator;
 use super::upsample_conv::{is_same_3x3, transposed_kernel, upsample_nearest};
+use crate::activation::tanh;
 
 /// One convolution layer with its batch norm folded in.
 // A handful per generator, built once: the variants' size difference does not matter.

@@ -3,11 +3,12 @@
 use burn::module::Module;
 use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig};
-use burn::tensor::activation::{relu, tanh};
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::config::GeneratorConfig;
 use super::small_channels::conv_transpose2d_image;
+use crate::activation::tanh;
 use crate::error::Result;
 
 /// `ConvTranspose2d -> BatchNorm -> ReLU`.

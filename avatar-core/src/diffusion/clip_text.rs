@@ -9,7 +9,7 @@ use std::path::Path;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -19,6 +19,7 @@ use super::precision::to_f32;
 use super::weights::{
     KeyMap, component_weights, load_strict, load_strict_bytes, read_config, tensor_names,
 };
+use crate::activation::quick_gelu;
 use crate::error::{AvatarError, Result};
 
 /// The activation of the MLPs.
@@ -243,7 +244,7 @@ impl ClipMlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.fc1.forward(x);
         let x = if self.quick_gelu {
-            x.clone() * sigmoid(x.mul_scalar(1.702))
+            quick_gelu(x)
         } else {
             gelu(x)
         };

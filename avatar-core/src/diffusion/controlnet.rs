@@ -8,7 +8,6 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
@@ -21,6 +20,7 @@ use super::unet::{
     down_pass, embed_time, mid_pass,
 };
 use super::weights::{component_weights, load_strict, read_config};
+use crate::activation::silu;
 use crate::error::{AvatarError, Result};
 
 /// The ControlNet-only keys of `config.json` (the rest is read as a [`UNetConfig`]).
@@ -139,9 +139,7 @@ impl ControlNetConfig {
             controlnet_down_blocks,
             mid_block: down.mid_block,
             controlnet_mid_block: conv1x1(last, last, device),
-            time_features: down.time.time_features,
-            freq_shift: down.time.freq_shift,
-            add_time_features: down.time.add_time_features,
+            time: down.time,
             bgr: self.extras.controlnet_conditioning_channel_order == "bgr",
             global_pool: self.extras.global_pool_conditions,
         })
@@ -202,9 +200,7 @@ pub struct ControlNetModel {
     pub mid_block: UNetBlock,
     /// 1x1 zero convolution of the mid block's output.
     pub controlnet_mid_block: Conv2d,
-    time_features: usize,
-    freq_shift: usize,
-    add_time_features: usize,
+    time: TimeShape,
     bgr: bool,
     global_pool: bool,
 }
@@ -257,11 +253,7 @@ impl ControlNetModel {
         let temb = embed_time(
             &self.time_embedding,
             self.add_embedding.as_ref(),
-            TimeShape {
-                time_features: self.time_features,
-                freq_shift: self.freq_shift,
-                add_time_features: self.add_time_features,
-            },
+            self.time,
             timesteps,
             added,
             &device,

@@ -3,10 +3,10 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::precision::dtype_of;
+use crate::activation::silu;
 
 /// `[N]` values -> `[N, dim]` features `[cos(t f_k), sin(t f_k)]` with
 /// `f_k = exp(-ln(10000) k / (dim/2 - shift))` (diffusers with `flip_sin_to_cos=True`), computed

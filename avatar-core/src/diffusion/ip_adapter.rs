@@ -25,13 +25,13 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use image::RgbaImage;
 
 use super::attention::{AttentionInjection, AttentionLora, ExtraKeyValue, LoraLinear};
 use super::image_encoder::ImageEncoder;
 use super::ip_adapter_scale::BlockScales;
-use super::precision::{cast_module, to_f32};
+use super::precision::{cast_module, dtype_of, to_f32};
 use super::single_file::{RawTensor, to_safetensors};
 use super::unet::{AttentionProcessor, UNet2DConditionModel};
 use super::weights::{KeyMap, load_strict_bytes, read_tensors};
@@ -175,6 +175,18 @@ pub enum ImageProjectionModel {
     Resampler(Resampler),
 }
 
+impl ImageProjectionModel {
+    /// The weight of the layer the features enter first.
+    fn input_weight(&self) -> &Param<Tensor<2>> {
+        match self {
+            ImageProjectionModel::FaceIdPlus(p) => &p.mlp.fc1.weight,
+            ImageProjectionModel::Linear(p) => &p.proj.weight,
+            ImageProjectionModel::Mlp(p) => &p.fc1.weight,
+            ImageProjectionModel::Resampler(p) => &p.proj_in.weight,
+        }
+    }
+}
+
 /// The image-token keys and values of one cross-attention.
 #[derive(Module, Debug)]
 pub struct IpLayer {
@@ -204,8 +216,6 @@ pub struct IpAdapter {
     processors: Vec<usize>,
     /// Width of the projection's input (CLIP embeds / hidden size, or the face embedding).
     input_dim: usize,
-    /// The weights' dtype (see [`IpAdapter::with_dtype`]).
-    dtype: FloatDType,
 }
 
 fn layer_norm(dim: usize, device: &Device) -> LayerNorm {
@@ -765,7 +775,6 @@ impl IpAdapter {
             kind,
             processors: cross.iter().map(|p| p.index).collect(),
             input_dim,
-            dtype: FloatDType::F32,
         })
     }
 
@@ -774,9 +783,13 @@ impl IpAdapter {
     pub fn with_dtype(self, dtype: FloatDType) -> Self {
         IpAdapter {
             weights: cast_module(self.weights, dtype),
-            dtype,
             ..self
         }
+    }
+
+    /// The dtype this adapter computes in (its weights').
+    fn dtype(&self) -> DType {
+        dtype_of(self.weights.image_proj.input_weight())
     }
 
     /// The variant.
@@ -797,7 +810,7 @@ impl IpAdapter {
 
     /// Projects `[B, S, input_dim]` features to image tokens `[B, T, cross]`.
     pub fn project(&self, features: Tensor<3>) -> Tensor<3> {
-        to_f32(self.weights.image_proj.forward(features.cast(self.dtype)))
+        to_f32(self.weights.image_proj.forward(features.cast(self.dtype())))
     }
 
     /// `(unconditional, conditional)` image tokens `[1, T, cross]` for `prompt`, as diffusers'
@@ -833,7 +846,7 @@ impl IpAdapter {
                     p.perceiver_resampler.proj_in.weight.dims()[0],
                     device,
                 )?;
-                to_f32(p.forward(face.cast(self.dtype), clip.cast(self.dtype), s_scale))
+                to_f32(p.forward(face.cast(self.dtype()), clip.cast(self.dtype()), s_scale))
             }
             (_, kind) if kind.takes_face_embedding() => {
                 let normalise = kind == IpAdapterKind::FaceId;
@@ -943,7 +956,7 @@ impl IpAdapter {
         scale: impl Fn(usize) -> f32,
         injection: &mut AttentionInjection,
     ) {
-        let tokens = tokens.cast(self.dtype);
+        let tokens = tokens.cast(self.dtype());
         for (layer, &index) in self.weights.ip_layers.iter().zip(&self.processors) {
             let scale = scale(index);
             if scale == 0.0 {

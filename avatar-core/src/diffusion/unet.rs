@@ -9,7 +9,6 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
@@ -19,6 +18,7 @@ use super::precision::{dtype_of, to_f32};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv3x3, group_norm};
 use super::transformer_2d::{BasicTransformerBlock, Transformer2DModel};
 use super::weights::{KeyMap, component_weights, load_strict, load_strict_bytes, read_config};
+use crate::activation::silu;
 use crate::error::{AvatarError, Result};
 
 /// A config value given once for all blocks or once per block.
@@ -301,9 +301,7 @@ impl UNetConfig {
             up_blocks,
             conv_norm_out: group_norm(self.norm_num_groups, channels[0], self.norm_eps, device),
             conv_out: conv3x3(channels[0], self.out_channels, device),
-            time_features: down.time.time_features,
-            freq_shift: down.time.freq_shift,
-            add_time_features: down.time.add_time_features,
+            time: down.time,
         };
         for (k, block) in unet.transformer_blocks_mut().into_iter().enumerate() {
             block.processor = 2 * k;
@@ -322,8 +320,9 @@ pub(crate) struct DownPath {
     pub time: TimeShape,
 }
 
-/// Widths of the sinusoidal time features.
-#[derive(Debug, Clone, Copy)]
+/// Widths of the sinusoidal time features (a module without parameters, so that the UNet and
+/// the ControlNet keep it as one field).
+#[derive(Module, Debug, Copy)]
 pub(crate) struct TimeShape {
     pub time_features: usize,
     pub freq_shift: usize,
@@ -500,9 +499,7 @@ pub struct UNet2DConditionModel {
     pub conv_norm_out: GroupNorm,
     /// To latent channels.
     pub conv_out: Conv2d,
-    time_features: usize,
-    freq_shift: usize,
-    add_time_features: usize,
+    time: TimeShape,
 }
 
 impl UNet2DConditionModel {
@@ -649,11 +646,7 @@ impl UNet2DConditionModel {
         let temb = embed_time(
             &self.time_embedding,
             self.add_embedding.as_ref(),
-            TimeShape {
-                time_features: self.time_features,
-                freq_shift: self.freq_shift,
-                add_time_features: self.add_time_features,
-            },
+            self.time,
             timesteps,
             added,
             &device,

@@ -7,7 +7,6 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear, LinearConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
@@ -16,6 +15,7 @@ use serde::Deserialize;
 use super::precision::{dtype_of, to_f32};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv1x1, conv3x3, group_norm};
 use super::weights::{KeyMap, component_weights, load_strict, load_strict_bytes, read_config};
+use crate::activation::silu;
 use crate::error::{AvatarError, Result};
 
 /// GroupNorm epsilon of the VAE (diffusers hard-codes 1e-6).

@@ -138,6 +138,9 @@ impl Value {
 pub struct OnnxGraph {
     nodes: Vec<NodeProto>,
     constants: HashMap<String, Value>,
+    /// The float constants kept on the host (at most [`HOST_LIMIT`] values: PRelu slopes, tiny
+    /// layers' weights, scalars), uploaded once for the operators that use them on the device.
+    uploaded: HashMap<String, Value>,
     inputs: Vec<String>,
     input_dims: Vec<Vec<Option<usize>>>,
     outputs: Vec<String>,
@@ -167,6 +170,14 @@ impl OnnxGraph {
                 .map_err(|e| AvatarError::Weights(format!("{label}: {e}")))?;
             constants.insert(tensor.name.clone(), value);
         }
+        let uploaded = constants
+            .iter()
+            .filter(|(_, value)| matches!(value, Value::Host { integer: false, .. }))
+            .map(|(name, value)| {
+                let (tensor, shape) = value.on_device(device)?;
+                Ok((name.clone(), Value::device(tensor, shape)))
+            })
+            .collect::<Result<_>>()?;
         let (inputs, input_dims) = graph
             .input
             .iter()
@@ -186,6 +197,7 @@ impl OnnxGraph {
         let graph = OnnxGraph {
             nodes: graph.node,
             constants,
+            uploaded,
             inputs,
             input_dims,
             outputs,
@@ -257,6 +269,7 @@ impl OnnxGraph {
             }
         }
         for (i, node) in self.nodes.iter().enumerate() {
+            let uploaded = takes_device_operands(node, &values);
             let args = node
                 .input
                 .iter()
@@ -266,6 +279,7 @@ impl OnnxGraph {
                     }
                     values
                         .get(name)
+                        .or_else(|| uploaded.then(|| self.uploaded.get(name)).flatten())
                         .or_else(|| self.constants.get(name))
                         .cloned()
                         .map(Some)
@@ -830,6 +844,22 @@ pub const SUPPORTED: &[&str] = &[
     "MatMul",
     "Softmax",
 ];
+
+/// Whether `node` uses every float input as a device tensor (so a small float constant can be
+/// passed as its uploaded copy instead of being uploaded on each run): the layers with weights,
+/// and element-wise arithmetic that already has a device operand (it would upload the constant to
+/// broadcast it). Other operators may read a float constant on the host (Resize scales, Clip
+/// bounds) and get the host value.
+fn takes_device_operands(node: &NodeProto, values: &HashMap<String, Value>) -> bool {
+    match node.op_type.as_str() {
+        "Conv" | "BatchNormalization" | "PRelu" | "Gemm" | "MatMul" => true,
+        "Add" | "Sub" | "Mul" | "Div" => node
+            .input
+            .iter()
+            .any(|name| matches!(values.get(name), Some(Value::Device { .. }))),
+        _ => false,
+    }
+}
 
 fn bad(message: impl Into<String>) -> AvatarError {
     AvatarError::Config(message.into())
@@ -1461,6 +1491,58 @@ mod tests {
             .unwrap();
         assert_eq!(out[0].shape(), &[1, 4, 4, 4]);
         assert_eq!(out[0].to_host().unwrap().0[0], 1.5);
+    }
+
+    #[test]
+    fn small_float_constants_are_uploaded_once_and_give_the_same_values() {
+        let device = Device::flex();
+        let float = |name: &str, dims: Vec<i64>, values: Vec<f32>| TensorProto {
+            dims,
+            data_type: 1,
+            float_data: values,
+            name: name.into(),
+            ..Default::default()
+        };
+        let axes = TensorProto {
+            dims: vec![1],
+            data_type: 7,
+            int64_data: vec![0],
+            name: "axes".into(),
+            ..Default::default()
+        };
+        let mut prelu = node("PRelu", &["x", "slope"]);
+        prelu.output = vec!["h".into()];
+        let bytes = model(
+            vec![prelu, node("Mul", &["h", "scale"])],
+            vec![
+                float("slope", vec![2, 1, 1], vec![0.5, 0.25]),
+                float("scale", vec![1], vec![3.0]),
+                axes,
+            ],
+        );
+        let graph = OnnxGraph::from_bytes(&bytes, "m", &device).unwrap();
+        let mut uploaded: Vec<&str> = graph.uploaded.keys().map(String::as_str).collect();
+        uploaded.sort();
+        assert_eq!(
+            uploaded,
+            ["scale", "slope"],
+            "integer constants stay on the host"
+        );
+        let x = Tensor::<4>::from_data(
+            TensorData::new(vec![-4.0f32, 2.0, -4.0, 2.0], [1, 2, 1, 2]),
+            &device,
+        );
+        let out = graph
+            .run(vec![("x".into(), Value::device(x, vec![1, 2, 1, 2]))])
+            .unwrap();
+        assert_eq!(out[0].shape(), &[1, 2, 1, 2]);
+        assert_eq!(out[0].to_host().unwrap().0, vec![-6.0, 6.0, -3.0, 6.0]);
+        // Host arithmetic on a float constant keeps its host copy.
+        let args: HashMap<String, Value> = HashMap::new();
+        assert!(!takes_device_operands(
+            &node("Mul", &["scale", "scale"]),
+            &args
+        ));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::Path;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor};
@@ -289,7 +289,7 @@ impl ResidualAttentionBlock {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x), causal);
         let h = linear_2d(&self.mlp.c_fc, self.ln_2.forward(x.clone()));
         let h = if quick_gelu {
-            h.clone() * sigmoid(h.mul_scalar(1.702))
+            crate::activation::quick_gelu(h)
         } else {
             gelu(h)
         };

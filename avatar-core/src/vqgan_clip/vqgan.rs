@@ -11,12 +11,12 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, EmbeddingConfig, GroupNorm};
-use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor};
 use serde::Deserialize;
 
+use crate::activation::silu;
 use crate::diffusion::resnet::{
     Downsample2D, ResnetBlock2D, Upsample2D, conv1x1, conv3x3, group_norm,
 };
