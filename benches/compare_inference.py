@@ -18,16 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from compare_keras import ROOT, criterion_median_ms  # same folder
+
 EMBEDDED = {"small": ROOT / "avatar-core/weights/dcgan_small.safetensors",
             "large": ROOT / "avatar-core/weights/dcgan_large.safetensors"}
-
-
-def criterion_median_ms(group: str, name: str, param: str) -> float:
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    path = target / "criterion" / group / name / param / "new" / "estimates.json"
-    with open(path) as f:
-        return json.load(f)["median"]["point_estimate"] / 1e6
 
 
 def torch_generator(path: Path):
@@ -53,20 +47,24 @@ def torch_generator(path: Path):
     return g.eval(), config["latent_dim"]
 
 
-def time_torch(path: Path, batch: int, runs: int) -> float:
+def time_torch(path: Path, runs: int) -> tuple[int, dict[int, float]]:
+    """The model's parameter count and its median forward time (ms) at batch 1 and 64."""
     import torch
 
     g, latent = torch_generator(path)
-    z = torch.randn(batch, latent, 1, 1)
+    medians = {}
     with torch.inference_mode():
-        for _ in range(3):
-            g(z)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            g(z)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        for batch in (1, 64):
+            z = torch.randn(batch, latent, 1, 1)
+            for _ in range(3):
+                g(z)
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                g(z)
+                times.append(time.perf_counter() - t0)
+            medians[batch] = statistics.median(times) * 1e3
+    return sum(p.numel() for p in g.parameters()), medians
 
 
 def main() -> int:
@@ -84,19 +82,17 @@ def main() -> int:
     models = dict(EMBEDDED)
     for w in a.weights:
         models[Path(w).stem] = Path(w).resolve()
-    torch_ms = {(name, b): time_torch(path, b, a.runs) for name, path in models.items() for b in (1, 64)}
+    measured = {name: time_torch(path, a.runs) for name, path in models.items()}
     if not a.skip_rust:
         env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads),
                    AVATAR_BENCH_GENERATORS=",".join(str(models[Path(w).stem]) for w in a.weights))
         subprocess.run(["cargo", "bench", "-p", "avatar-core", "--bench", "generator", "--",
                         "transposed_generator_forward"], check=True, cwd=ROOT, env=env)
     rows = ["| model | params | batch | PyTorch (ms) | ours (ms) | ours vs PyTorch |", "| --- | --- | --- | --- | --- | --- |"]
-    for name, path in models.items():
-        g, _ = torch_generator(path)
-        params = sum(p.numel() for p in g.parameters())
+    for name, (params, torch_ms) in measured.items():
         for b in (1, 64):
             ours = criterion_median_ms("transposed_generator_forward", name, str(b))
-            t = torch_ms[(name, b)]
+            t = torch_ms[b]
             verdict = f"{t / ours:.2f}x faster" if ours <= t else f"{ours / t:.2f}x slower"
             rows.append(f"| {name} | {params / 1e6:.2f} M | {b} | {t:.2f} | {ours:.2f} | {verdict} |")
     print(f"\nPyTorch {torch.__version__} eager, eval mode, inference_mode, {a.threads} threads; "

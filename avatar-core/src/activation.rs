@@ -34,9 +34,6 @@ pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 /// `silu(x) = x * sigmoid(x)` (swish), with [`sigmoid`].
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if x.is_tracked() {
-        return activation::silu(x);
-    }
     x.clone() * sigmoid(x)
 }
 

@@ -117,7 +117,8 @@ fn inference_affine(norm: &BatchNorm) -> (Tensor<1>, Tensor<1>) {
 }
 
 /// `weight` and `bias` of a convolution followed by the inference batch norm `norm`
-/// ([`inference_affine`]), as one convolution; `out_axis` is the weight's output-channel axis (0 for conv, 1 for transposed).
+/// ([`inference_affine`]), as one convolution; `out_axis` is the weight's output-channel axis (0
+/// for conv, 1 for transposed).
 fn fold(
     weight: Tensor<4>,
     out_axis: usize,
