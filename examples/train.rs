@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use avatar_core::burn::module::Module;
 use avatar_core::dcgan::{GeneratorConfig, StoredDtype};
-use avatar_core::train::{ImageDataset, TrainConfig, Trainer};
+use avatar_core::train::{GanLoss, ImageDataset, TrainConfig, Trainer};
 use avatar_core::{AvatarError, DeviceSpec};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -38,6 +38,12 @@ struct Args {
     /// Discriminator stage widths, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [32, 64, 128, 256])]
     d_widths: Vec<usize>,
+    /// Spectrally normalised discriminator (SN-GAN) instead of batch norm (new runs only).
+    #[arg(long)]
+    spectral_norm: bool,
+    /// Adversarial loss: bce (the seed's) or hinge (may change on resume).
+    #[arg(long, default_value = "bce")]
+    loss: GanLoss,
     /// Images per step (may change on resume).
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -111,6 +117,7 @@ fn run(args: Args) -> Result<(), AvatarError> {
             c.label_smoothing = args.label_smoothing;
             c.instance_noise = args.instance_noise;
             c.instance_noise_steps = args.noise_steps;
+            c.loss = args.loss;
         })?
     } else {
         let generator = GeneratorConfig::transposed(
@@ -119,7 +126,10 @@ fn run(args: Args) -> Result<(), AvatarError> {
             args.channels,
             args.widths.clone(),
         )?;
-        let mut config = TrainConfig::dcgan(generator, args.d_widths.clone())
+        let mut config = TrainConfig::dcgan(generator, args.d_widths.clone());
+        config.discriminator.spectral_norm = args.spectral_norm;
+        let mut config = config
+            .with_loss(args.loss)
             .with_batch_size(args.batch)
             .with_lr_generator(args.lr_g)
             .with_lr_discriminator(args.lr_d)

@@ -4,7 +4,7 @@
 use avatar_core::AvatarError;
 use avatar_core::dcgan::{GeneratorConfig, load_generator};
 use avatar_core::seed::SplitMix64;
-use avatar_core::train::{ImageDataset, TrainConfig, Trainer, bce_with_logits};
+use avatar_core::train::{GanLoss, ImageDataset, TrainConfig, Trainer};
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use image::RgbaImage;
@@ -14,6 +14,13 @@ fn config() -> TrainConfig {
     TrainConfig::dcgan(generator, vec![8, 16])
         .with_batch_size(8)
         .with_ema_decay(Some(0.9))
+}
+
+/// SN-GAN: spectrally normalised discriminator and hinge loss.
+fn sn_hinge_config() -> TrainConfig {
+    let mut config = config().with_loss(GanLoss::Hinge);
+    config.discriminator.spectral_norm = true;
+    config
 }
 
 /// Coloured discs on a transparent background.
@@ -64,8 +71,18 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn one_step_changes_the_weights_and_lowers_the_discriminator_loss() {
+    one_step_learns(config());
+}
+
+#[test]
+fn one_sn_hinge_step_changes_the_weights_and_lowers_the_discriminator_loss() {
+    one_step_learns(sn_hinge_config());
+}
+
+fn one_step_learns(config: TrainConfig) {
+    let loss = config.loss;
     let data = ImageDataset::from_images(discs(8, 16), 4).unwrap();
-    let mut trainer = Trainer::new(config(), &Device::flex()).unwrap();
+    let mut trainer = Trainer::new(config, &Device::flex()).unwrap();
     let device = Device::flex().autodiff();
     let real = data.sample_batch(8, false, &mut SplitMix64::new(1), &device);
     let fake = trainer
@@ -78,9 +95,8 @@ fn one_step_changes_the_weights_and_lowers_the_discriminator_loss() {
         .detach();
     let d_loss = |trainer: &Trainer| {
         let d = trainer.discriminator();
-        let loss = bce_with_logits(d.forward(real.clone()), 1.0)
-            + bce_with_logits(d.forward(fake.clone()), 0.0);
-        loss.into_scalar::<f32>()
+        loss.discriminator(d.forward(real.clone()), d.forward(fake.clone()), 0.0)
+            .into_scalar::<f32>()
     };
     let before_loss = d_loss(&trainer);
     let before_g = params(trainer.generator());
@@ -102,8 +118,63 @@ fn one_step_changes_the_weights_and_lowers_the_discriminator_loss() {
 
 #[test]
 fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
-    let data = ImageDataset::from_images(discs(8, 16), 4).unwrap();
     let config = config().with_instance_noise(0.1).with_label_smoothing(0.1);
+    let (resumed, dir, checkpoint) = resume_is_exact(config);
+
+    // A checkpoint written before the loss and spectral-norm options existed still resumes.
+    let reference = Trainer::resume(&checkpoint, &Device::flex(), |_| {}).unwrap();
+    let state_path = checkpoint.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let config_json = state["config"].as_object_mut().unwrap();
+    assert!(config_json.remove("loss").is_some());
+    let discriminator = config_json["discriminator"].as_object_mut().unwrap();
+    assert!(discriminator.remove("spectral_norm").is_some());
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    let older = Trainer::resume(&checkpoint, &Device::flex(), |_| {}).unwrap();
+    assert_eq!(older.config().loss, GanLoss::Bce);
+    assert!(!older.config().discriminator.spectral_norm);
+    let diff = max_abs_diff(&params(older.generator()), &params(reference.generator()));
+    assert_eq!(diff, 0.0, "{diff}");
+
+    // The export loads as an inference model of the configured size.
+    let export = dir.path().join("export/model.safetensors");
+    resumed
+        .export(&export, avatar_core::dcgan::StoredDtype::F16)
+        .unwrap();
+    let (loaded_config, _) = load_generator(&export, &Device::flex()).unwrap();
+    assert_eq!(loaded_config.resolution, 16);
+
+    // A resumed run cannot change the architecture.
+    let err = Trainer::resume(&checkpoint, &Device::flex(), |c| {
+        c.generator.widths = vec![8, 8]
+    })
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("architecture"), "{err}");
+    let err = Trainer::resume(&checkpoint, &Device::flex(), |c| {
+        c.discriminator.spectral_norm = true
+    })
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("architecture"), "{err}");
+    // Hinge loss has no labels to smooth.
+    let err = Trainer::resume(&checkpoint, &Device::flex(), |c| c.loss = GanLoss::Hinge)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("label_smoothing"), "{err}");
+}
+
+#[test]
+fn a_resumed_sn_hinge_run_keeps_its_singular_vectors() {
+    // The spectral norms' running singular vectors live in the checkpoint: a resumed run
+    // matches an uninterrupted one exactly.
+    resume_is_exact(sn_hinge_config().with_instance_noise(0.1));
+}
+
+/// Trains 4 steps straight and 2 + checkpoint + 2 resumed; asserts equal weights.
+fn resume_is_exact(config: TrainConfig) -> (Trainer, tempfile::TempDir, std::path::PathBuf) {
+    let data = ImageDataset::from_images(discs(8, 16), 4).unwrap();
     let mut straight = Trainer::new(config.clone(), &Device::flex()).unwrap();
     for _ in 0..4 {
         straight.step(&data).unwrap();
@@ -144,22 +215,7 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
         step_diff > 1e-4,
         "one step only moved the outputs by {step_diff}"
     );
-
-    // The export loads as an inference model of the configured size.
-    let export = dir.path().join("export/model.safetensors");
-    resumed
-        .export(&export, avatar_core::dcgan::StoredDtype::F16)
-        .unwrap();
-    let (loaded_config, _) = load_generator(&export, &Device::flex()).unwrap();
-    assert_eq!(loaded_config.resolution, 16);
-
-    // A resumed run cannot change the architecture.
-    let err = Trainer::resume(&checkpoint, &Device::flex(), |c| {
-        c.generator.widths = vec![8, 8]
-    })
-    .err()
-    .unwrap();
-    assert!(err.to_string().contains("architecture"), "{err}");
+    (resumed, dir, checkpoint)
 }
 
 #[test]

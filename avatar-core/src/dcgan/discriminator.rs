@@ -8,7 +8,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::config::base_size;
-use super::small_channels::conv2d_image;
+use super::small_channels::{conv2d_image, conv2d_with_weight};
+use super::spectral_norm::SpectralNorm;
 use crate::error::Result;
 
 /// `channels x R x R` image -> one real/fake logit, through 4x4 stride-2 convolutions.
@@ -20,6 +21,10 @@ pub struct DiscriminatorConfig {
     pub channels: usize,
     /// Widths of the stride-2 stages, from the image side; `R / 2^len` must be >= 2.
     pub widths: Vec<usize>,
+    /// Spectral normalisation of every convolution (SN-GAN) instead of batch normalisation;
+    /// every convolution then has a bias.
+    #[config(default = false)]
+    pub spectral_norm: bool,
 }
 
 /// One `Conv2d 4x4 stride 2 -> [BatchNorm] -> LeakyReLU(0.2)` stage.
@@ -27,8 +32,10 @@ pub struct DiscriminatorConfig {
 pub struct DownBlock {
     /// The strided convolution.
     pub conv: Conv2d,
-    /// Batch normalisation (absent on the first stage, as in DCGAN).
+    /// Batch normalisation (absent on the first stage, as in DCGAN, and with spectral norm).
     pub norm: Option<BatchNorm>,
+    /// The convolution's spectral normalisation, when enabled.
+    pub spectral: Option<SpectralNorm>,
 }
 
 /// The discriminator module.
@@ -38,6 +45,8 @@ pub struct Discriminator {
     pub blocks: Vec<DownBlock>,
     /// The final `s0 x s0` convolution to one logit.
     pub output: Conv2d,
+    /// The output convolution's spectral normalisation, when enabled.
+    pub output_spectral: Option<SpectralNorm>,
 }
 
 impl DiscriminatorConfig {
@@ -53,24 +62,33 @@ impl DiscriminatorConfig {
             mean: 0.0,
             std: 0.02,
         };
+        let spectral = self.spectral_norm;
+        let spectral_of =
+            |conv: &Conv2d| spectral.then(|| SpectralNorm::new(conv.weight.dims(), device));
         let mut blocks = Vec::new();
         let mut input = self.channels;
         for (i, &width) in self.widths.iter().enumerate() {
+            let conv = Conv2dConfig::new([input, width], [4, 4])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_bias(i == 0 || spectral)
+                .with_initializer(init.clone())
+                .init(device);
             blocks.push(DownBlock {
-                conv: Conv2dConfig::new([input, width], [4, 4])
-                    .with_stride([2, 2])
-                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                    .with_bias(i == 0)
-                    .with_initializer(init.clone())
-                    .init(device),
-                norm: (i > 0).then(|| BatchNormConfig::new(width).init(device)),
+                spectral: spectral_of(&conv),
+                conv,
+                norm: (i > 0 && !spectral).then(|| BatchNormConfig::new(width).init(device)),
             });
             input = width;
         }
         let output = Conv2dConfig::new([input, 1], [s0, s0])
             .with_initializer(init)
             .init(device);
-        Ok(Discriminator { blocks, output })
+        Ok(Discriminator {
+            blocks,
+            output_spectral: spectral_of(&output),
+            output,
+        })
     }
 }
 
@@ -79,14 +97,42 @@ impl Discriminator {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<1> {
         let mut x = images;
         for block in &self.blocks {
-            x = conv2d_image(x, &block.conv);
+            x = convolve(x, &block.conv, block.spectral.as_ref());
             if let Some(norm) = &block.norm {
                 x = norm.forward(x);
             }
             x = leaky_relu_02(x);
         }
         let [n, ..] = x.dims();
-        self.output.forward(x).reshape([n])
+        convolve(x, &self.output, self.output_spectral.as_ref()).reshape([n])
+    }
+
+    /// One power iteration of every spectral normalisation (a no-op without them): called once
+    /// per training step, before the step's forward passes.
+    pub fn power_iteration(self) -> Self {
+        let refine = |spectral: Option<SpectralNorm>, conv: &Conv2d| {
+            spectral.map(|s| s.power_iteration(conv.weight.val()))
+        };
+        Discriminator {
+            blocks: self
+                .blocks
+                .into_iter()
+                .map(|block| DownBlock {
+                    spectral: refine(block.spectral, &block.conv),
+                    ..block
+                })
+                .collect(),
+            output_spectral: refine(self.output_spectral, &self.output),
+            output: self.output,
+        }
+    }
+}
+
+/// `conv` on `x`, with its weight spectrally normalised when `spectral` is given.
+fn convolve(x: Tensor<4>, conv: &Conv2d, spectral: Option<&SpectralNorm>) -> Tensor<4> {
+    match spectral {
+        Some(spectral) => conv2d_with_weight(x, conv, spectral.normalise_weight(conv.weight.val())),
+        None => conv2d_image(x, conv),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod keras;
 mod keras_import;
 mod keras_upsample;
 mod small_channels;
+mod spectral_norm;
 mod transposed;
 mod upsample_conv;
 mod weights;
@@ -20,6 +21,7 @@ pub use keras_import::{
     generator_from_keras, keras_config, load_keras_generator, load_keras_generator_bytes,
 };
 pub use keras_upsample::{KerasUpsampleGenerator, UpsampleBlock};
+pub use spectral_norm::SpectralNorm;
 pub use transposed::{TransposedBlock, TransposedGenerator};
 pub use upsample_conv::{upsample_conv, upsample_nearest};
 pub use weights::{

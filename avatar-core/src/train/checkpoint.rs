@@ -40,6 +40,26 @@ impl TrainState {
     }
 }
 
+/// Config fields added after the first checkpoints were written, with the values those runs
+/// trained with. burn's `Config` derive does not apply `#[config(default)]` when deserialising,
+/// so an older `state.json` gets them filled in before it is read.
+const ADDED_FIELDS: &str = r#"{"loss": "Bce", "discriminator": {"spectral_norm": false}}"#;
+
+/// Inserts every key of `added` that `saved` lacks, recursing into objects present in both.
+fn fill_added_fields(saved: &mut serde_json::Value, added: &serde_json::Value) {
+    let (Some(saved), Some(added)) = (saved.as_object_mut(), added.as_object()) else {
+        return;
+    };
+    for (key, value) in added {
+        match saved.get_mut(key) {
+            Some(existing) => fill_added_fields(existing, value),
+            None => {
+                saved.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
 const FILES: [&str; 5] = [
     "generator.bpk",
     "discriminator.bpk",
@@ -119,7 +139,12 @@ impl Trainer {
             std::fs::read_to_string(&state_path).map_err(|e| AvatarError::io(&state_path, e))?;
         let state: TrainState = serde_json::from_str(&text)
             .map_err(|e| AvatarError::Weights(format!("{}: {e}", state_path.display())))?;
-        let saved: TrainConfig = serde_json::from_value(state.config.clone())
+        let mut saved_config = state.config.clone();
+        fill_added_fields(
+            &mut saved_config,
+            &serde_json::from_str(ADDED_FIELDS).expect("JSON"),
+        );
+        let saved: TrainConfig = serde_json::from_value(saved_config)
             .map_err(|e| AvatarError::Weights(format!("{}: config: {e}", state_path.display())))?;
         let mut config = saved.clone();
         update(&mut config);

@@ -4,7 +4,7 @@ use std::time::Instant;
 use burn::config::Config;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::activation::{sigmoid, softplus};
+use burn::tensor::activation::{relu, sigmoid, softplus};
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbaImage;
 
@@ -60,6 +60,55 @@ pub struct TrainConfig {
     /// Master seed of the run (data order, latents, noise).
     #[config(default = 0)]
     pub seed: u64,
+    /// The adversarial loss.
+    #[config(default = "GanLoss::Bce")]
+    pub loss: GanLoss,
+}
+
+/// The adversarial loss of a run.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum GanLoss {
+    /// DCGAN's binary cross-entropy (the generator's non-saturating form), as the seed trains.
+    Bce,
+    /// Hinge loss (SN-GAN, BigGAN): D minimises `relu(1 - D(x)) + relu(1 + D(G(z)))`,
+    /// G minimises `-D(G(z))`.
+    Hinge,
+}
+
+impl std::str::FromStr for GanLoss {
+    type Err = AvatarError;
+
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "bce" => Ok(GanLoss::Bce),
+            "hinge" => Ok(GanLoss::Hinge),
+            other => Err(AvatarError::invalid(
+                "loss",
+                format!("{other:?}: expected bce or hinge"),
+            )),
+        }
+    }
+}
+
+impl GanLoss {
+    /// The discriminator's loss on real and generated logits (`smoothing`: BCE's one-sided label
+    /// smoothing).
+    pub fn discriminator(self, real: Tensor<1>, fake: Tensor<1>, smoothing: f64) -> Tensor<1> {
+        match self {
+            GanLoss::Bce => bce_with_logits(real, 1.0 - smoothing) + bce_with_logits(fake, 0.0),
+            GanLoss::Hinge => {
+                relu(real.neg().add_scalar(1.0)).mean() + relu(fake.add_scalar(1.0)).mean()
+            }
+        }
+    }
+
+    /// The generator's loss on the logits of its images.
+    pub fn generator(self, fake: Tensor<1>) -> Tensor<1> {
+        match self {
+            GanLoss::Bce => bce_with_logits(fake, 1.0),
+            GanLoss::Hinge => fake.mean().neg(),
+        }
+    }
 }
 
 impl TrainConfig {
@@ -100,6 +149,12 @@ impl TrainConfig {
         {
             return Err(AvatarError::invalid("ema", "decay must be in [0, 1)"));
         }
+        if self.loss == GanLoss::Hinge && self.label_smoothing != 0.0 {
+            return Err(AvatarError::invalid(
+                "label_smoothing",
+                "label smoothing applies to the bce loss only",
+            ));
+        }
         Ok(())
     }
 
@@ -117,9 +172,9 @@ impl TrainConfig {
 pub struct StepStats {
     /// The step number just completed (1-based).
     pub step: u64,
-    /// Discriminator BCE (real + fake).
+    /// Discriminator loss (real + fake).
     pub loss_discriminator: f32,
-    /// Generator BCE.
+    /// Generator loss.
     pub loss_generator: f32,
     /// Mean D(x) on real images (probability).
     pub d_real: f32,
@@ -202,6 +257,7 @@ impl Trainer {
     /// One optimisation step of D then G on a batch from `data`.
     pub fn step(&mut self, data: &ImageDataset) -> Result<StepStats> {
         let started = Instant::now();
+        self.discriminator = self.discriminator.clone().power_iteration();
         let config = &self.config;
         if data.resolution() != config.generator.resolution {
             return Err(AvatarError::invalid(
@@ -253,13 +309,15 @@ impl Trainer {
             (real, fake)
         };
 
-        // Discriminator: real -> 1 - smoothing, fake (detached) -> 0.
+        // Discriminator: real vs the detached fakes.
         let d_real_logits = self.discriminator.forward(real_in);
         let d_fake_logits = self.discriminator.forward(fake_in.clone().detach());
         let d_real = sigmoid(d_real_logits.clone()).mean();
         let d_fake = sigmoid(d_fake_logits.clone()).mean();
-        let loss_d = bce_with_logits(d_real_logits, 1.0 - config.label_smoothing)
-            + bce_with_logits(d_fake_logits, 0.0);
+        let loss_d =
+            config
+                .loss
+                .discriminator(d_real_logits, d_fake_logits, config.label_smoothing);
         let grads = GradientsParams::from_grads(loss_d.backward(), &self.discriminator);
         self.discriminator = self.optim_discriminator.step(
             config.lr_discriminator,
@@ -267,8 +325,8 @@ impl Trainer {
             grads,
         );
 
-        // Generator: make the updated discriminator say 1 on the same fakes.
-        let loss_g = bce_with_logits(self.discriminator.forward(fake_in), 1.0);
+        // Generator: fool the updated discriminator on the same fakes.
+        let loss_g = config.loss.generator(self.discriminator.forward(fake_in));
         let grads = GradientsParams::from_grads(loss_g.backward(), &self.generator);
         self.generator =
             self.optim_generator

@@ -4,7 +4,7 @@ learns as fast per image as the reference framework does, and for timing the two
 Same networks (`transposed` generator: 1x1 -> s0 ConvTranspose, then 4x4 stride-2
 ConvTranspose + BN + ReLU stages, tanh; discriminator: 4x4 stride-2 convs, BN from the second,
 LeakyReLU 0.2, an s0 x s0 conv to one logit), same init (N(0, 0.02) conv weights, BN gamma 1),
-same recipe (Adam beta1 0.5, BCE with logits, one-sided label smoothing, instance noise decaying
+same recipe (Adam beta1 0.5, BCE with logits or the hinge loss with a spectrally normalised D, one-sided label smoothing, instance noise decaying
 linearly to zero, horizontal flips, EMA of the generator with the same warm-up), same data
 scaling (RGBA / 127.5 - 1). Exports the EMA generator in our safetensors layout (+ config JSON)
 so `tools/eval/sample.py --weights` and `tools/eval/evaluate.py` score it like ours.
@@ -36,15 +36,18 @@ def generator(latent, widths, channels, s0):
     return nn.Sequential(*layers)
 
 
-def discriminator(channels, widths, s0):
+def discriminator(channels, widths, s0, spectral=False):
+    # spectral: every conv spectrally normalised (PyTorch's parametrization: one power iteration
+    # per training-mode forward; ours does one per step), no batch norm, every conv with a bias.
+    sn = nn.utils.parametrizations.spectral_norm if spectral else (lambda m: m)
     layers, c = [], channels
     for i, w in enumerate(widths):
-        layers.append(nn.Conv2d(c, w, 4, 2, 1, bias=(i == 0)))
-        if i > 0:
+        layers.append(sn(nn.Conv2d(c, w, 4, 2, 1, bias=(i == 0 or spectral))))
+        if i > 0 and not spectral:
             layers.append(nn.BatchNorm2d(w))
         layers.append(nn.LeakyReLU(0.2))
         c = w
-    layers.append(nn.Conv2d(c, 1, s0))
+    layers.append(sn(nn.Conv2d(c, 1, s0)))
     return nn.Sequential(*layers)
 
 
@@ -93,6 +96,9 @@ def main():
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--lr-g", type=float, default=2e-4)
     ap.add_argument("--lr-d", type=float, default=2e-4)
+    ap.add_argument("--beta1", type=float, default=0.5)
+    ap.add_argument("--spectral-norm", action="store_true", help="SN-GAN discriminator (no batch norm)")
+    ap.add_argument("--loss", choices=["bce", "hinge"], default="bce")
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--instance-noise", type=float, default=0.0)
     ap.add_argument("--noise-steps", type=int, default=20000)
@@ -117,12 +123,12 @@ def main():
     print(f"{n} images of {r} px loaded in {time.time() - started:.0f} s", flush=True)
 
     g = generator(a.latent, widths, a.channels, s0)
-    d = discriminator(a.channels, d_widths, d0)
+    d = discriminator(a.channels, d_widths, d0, a.spectral_norm)
     g.apply(init_weights)
     d.apply(init_weights)
     ema = copy.deepcopy(g).eval()
-    opt_g = torch.optim.Adam(g.parameters(), lr=a.lr_g, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(d.parameters(), lr=a.lr_d, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(g.parameters(), lr=a.lr_g, betas=(a.beta1, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=a.lr_d, betas=(a.beta1, 0.999))
     bce = F.binary_cross_entropy_with_logits
     log = open(out / "log.jsonl", "w")
     train_seconds = 0.0
@@ -140,13 +146,16 @@ def main():
             fake = fake + sigma * torch.randn_like(fake)
         real_logits = d(real).flatten()
         fake_logits = d(fake.detach()).flatten()
-        loss_d = bce(real_logits, torch.full_like(real_logits, 1.0 - a.label_smoothing)) + bce(
-            fake_logits, torch.zeros_like(fake_logits))
+        if a.loss == "hinge":
+            loss_d = F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+        else:
+            loss_d = bce(real_logits, torch.full_like(real_logits, 1.0 - a.label_smoothing)) + bce(
+                fake_logits, torch.zeros_like(fake_logits))
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
         gen_logits = d(fake).flatten()
-        loss_g = bce(gen_logits, torch.ones_like(gen_logits))
+        loss_g = -gen_logits.mean() if a.loss == "hinge" else bce(gen_logits, torch.ones_like(gen_logits))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
