@@ -52,10 +52,16 @@ impl SpectralNorm {
         }
     }
 
-    /// The estimated largest singular value `uᵀ W v` of `weight` (differentiable in `weight`).
+    /// The estimated largest singular value `uᵀ W v` of `weight` (differentiable in `weight`;
+    /// `u` and `v` taken as unit vectors, so vectors never iterated, e.g. redrawn at
+    /// initialisation, still give a proper estimate).
     pub fn sigma(&self, weight: Tensor<4>) -> Tensor<1> {
         let matrix = weight.flatten::<2>(1, 3);
-        (matvec(matrix, self.v.val().detach()) * self.u.val().detach()).sum()
+        let (u, v) = (
+            normalise(self.u.val().detach()),
+            normalise(self.v.val().detach()),
+        );
+        (matvec(matrix, v) * u).sum()
     }
 
     /// `weight / sigma(weight)`.
@@ -99,6 +105,16 @@ mod tests {
         }
         let sigma = spectral.sigma(weight.clone()).into_scalar::<f32>();
         assert!((sigma - 3.0).abs() < 1e-4, "sigma {sigma}");
+        // Scaled singular vectors (as a random re-initialisation leaves them) give the same sigma.
+        let scaled = SpectralNorm {
+            u: spectral.u.clone().map(|u| u.mul_scalar(0.02)),
+            v: spectral.v.clone().map(|v| v.mul_scalar(0.02)),
+        };
+        let same = scaled.sigma(weight.clone()).into_scalar::<f32>();
+        assert!(
+            (same - sigma).abs() < 1e-4,
+            "sigma of scaled vectors {same}"
+        );
         // The normalised matrix has spectral norm 1: its largest singular value, re-estimated.
         let normalised = spectral.normalise_weight(weight);
         let mut check = SpectralNorm::new([3, 2, 2, 2], &device);
