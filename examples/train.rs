@@ -126,9 +126,7 @@ fn run(args: Args) -> Result<(), AvatarError> {
             args.channels,
             args.widths.clone(),
         )?;
-        let mut config = TrainConfig::dcgan(generator, args.d_widths.clone());
-        config.discriminator.spectral_norm = args.spectral_norm;
-        let mut config = config
+        let mut config = TrainConfig::dcgan(generator, args.d_widths.clone())
             .with_loss(args.loss)
             .with_batch_size(args.batch)
             .with_lr_generator(args.lr_g)
@@ -140,6 +138,7 @@ fn run(args: Args) -> Result<(), AvatarError> {
             .with_flip(!args.no_flip)
             .with_seed(args.seed);
         config.ema_decay = (args.ema > 0.0).then_some(args.ema);
+        config.discriminator.spectral_norm = args.spectral_norm;
         Trainer::new(config, &device)?
     };
     let config = trainer.config().clone();

@@ -43,7 +43,9 @@ impl TrainState {
 /// Config fields added after the first checkpoints were written, with the values those runs
 /// trained with. burn's `Config` derive does not apply `#[config(default)]` when deserialising,
 /// so an older `state.json` gets them filled in before it is read.
-const ADDED_FIELDS: &str = r#"{"loss": "Bce", "discriminator": {"spectral_norm": false}}"#;
+fn added_fields() -> serde_json::Value {
+    serde_json::json!({"loss": "Bce", "discriminator": {"spectral_norm": false}})
+}
 
 /// Inserts every key of `added` that `saved` lacks, recursing into objects present in both.
 fn fill_added_fields(saved: &mut serde_json::Value, added: &serde_json::Value) {
@@ -140,10 +142,7 @@ impl Trainer {
         let state: TrainState = serde_json::from_str(&text)
             .map_err(|e| AvatarError::Weights(format!("{}: {e}", state_path.display())))?;
         let mut saved_config = state.config.clone();
-        fill_added_fields(
-            &mut saved_config,
-            &serde_json::from_str(ADDED_FIELDS).expect("JSON"),
-        );
+        fill_added_fields(&mut saved_config, &added_fields());
         let saved: TrainConfig = serde_json::from_value(saved_config)
             .map_err(|e| AvatarError::Weights(format!("{}: config: {e}", state_path.display())))?;
         let mut config = saved.clone();

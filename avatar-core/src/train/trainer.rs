@@ -257,18 +257,19 @@ impl Trainer {
     /// One optimisation step of D then G on a batch from `data`.
     pub fn step(&mut self, data: &ImageDataset) -> Result<StepStats> {
         let started = Instant::now();
-        self.discriminator = self.discriminator.clone().power_iteration();
-        let config = &self.config;
-        if data.resolution() != config.generator.resolution {
+        if data.resolution() != self.config.generator.resolution {
             return Err(AvatarError::invalid(
                 "data",
                 format!(
                     "images are {} px but the model is {} px",
                     data.resolution(),
-                    config.generator.resolution
+                    self.config.generator.resolution
                 ),
             ));
         }
+        // Refined only once the step is sure to run: a rejected batch leaves the run untouched.
+        self.discriminator = self.discriminator.clone().power_iteration();
+        let config = &self.config;
         let batch = config.batch_size;
         let step = self.state.step + 1;
         let real = data.sample_batch(batch, config.flip, &mut self.data_rng, &self.device);

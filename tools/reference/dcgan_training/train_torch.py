@@ -4,10 +4,11 @@ learns as fast per image as the reference framework does, and for timing the two
 Same networks (`transposed` generator: 1x1 -> s0 ConvTranspose, then 4x4 stride-2
 ConvTranspose + BN + ReLU stages, tanh; discriminator: 4x4 stride-2 convs, BN from the second,
 LeakyReLU 0.2, an s0 x s0 conv to one logit), same init (N(0, 0.02) conv weights, BN gamma 1),
-same recipe (Adam beta1 0.5, BCE with logits or the hinge loss with a spectrally normalised D, one-sided label smoothing, instance noise decaying
-linearly to zero, horizontal flips, EMA of the generator with the same warm-up), same data
-scaling (RGBA / 127.5 - 1). Exports the EMA generator in our safetensors layout (+ config JSON)
-so `tools/eval/sample.py --weights` and `tools/eval/evaluate.py` score it like ours.
+same recipe (Adam beta1 0.5, BCE with logits, one-sided label smoothing, instance noise decaying
+linearly to zero, horizontal flips, EMA of the generator with the same warm-up; or the hinge loss
+and a spectrally normalised D), same data scaling (RGBA / 127.5 - 1). Exports the EMA generator
+in our safetensors layout (+ config JSON) so `tools/eval/sample.py --weights` and
+`tools/eval/evaluate.py` score it like ours.
 
     /work/venv-ref/bin/python tools/reference/dcgan_training/train_torch.py \
         --data /work/data/lorelei/96 --steps 6000 --batch 16 --lr-d 1e-4 \
@@ -108,6 +109,8 @@ def main():
     ap.add_argument("--snapshot-every", type=int, default=0, help="also export the EMA generator every N steps")
     ap.add_argument("--out", required=True, help="folder for model.safetensors, log.jsonl and snapshots")
     a = ap.parse_args()
+    if a.loss == "hinge" and a.label_smoothing:
+        ap.error("label smoothing applies to the bce loss only (as in examples/train.rs)")
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
