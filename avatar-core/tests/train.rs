@@ -197,8 +197,8 @@ fn resume_is_exact(config: TrainConfig) -> (Trainer, tempfile::TempDir, std::pat
     }
     let diff = max_abs_diff(&params(straight.generator()), &params(resumed.generator()));
     let ema_diff = max_abs_diff(
-        &params(&straight.inference_generator()),
-        &params(&resumed.inference_generator()),
+        &params(&straight.inference_generator().unwrap()),
+        &params(&resumed.inference_generator().unwrap()),
     );
     // Exact, even with many threads and other tests drawing random numbers meanwhile (the
     // trainer draws its initial weights from its own seeded stream).

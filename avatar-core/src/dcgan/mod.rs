@@ -9,6 +9,7 @@ mod keras_import;
 mod keras_upsample;
 mod small_channels;
 mod spectral_norm;
+mod standing_statistics;
 mod transposed;
 mod upsample_conv;
 mod weights;
@@ -22,6 +23,7 @@ pub use keras_import::{
 };
 pub use keras_upsample::{KerasUpsampleGenerator, UpsampleBlock};
 pub use spectral_norm::SpectralNorm;
+pub use standing_statistics::STANDING_STATISTICS_SAMPLES;
 pub use transposed::{TransposedBlock, TransposedGenerator};
 pub use upsample_conv::{upsample_conv, upsample_nearest};
 pub use weights::{

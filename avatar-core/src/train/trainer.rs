@@ -14,12 +14,19 @@ use super::ema::ema_update;
 use super::init::redraw_random_init;
 use crate::avatar::AvatarGenerator;
 use crate::dcgan::{
-    Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, StoredDtype, save_generator,
+    Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, STANDING_STATISTICS_SAMPLES,
+    StoredDtype, save_generator,
 };
 use crate::device::DeviceSpec;
 use crate::error::{AvatarError, Result};
 use crate::imaging::{Color, composite_over};
 use crate::seed::{NormalStream, Seed, SplitMix64};
+
+/// Latents behind the standing statistics of the sample grids drawn during training.
+const GRID_STANDING_STATISTICS_SAMPLES: usize = 1024;
+
+/// Seed of the latents behind standing statistics (fixed: an export is a function of the run).
+const STANDING_STATISTICS_SEED: u64 = 0x5354_414E_4449_4E47;
 
 /// Everything that defines a training run (saved in its checkpoints).
 #[derive(Config, Debug)]
@@ -358,18 +365,27 @@ impl Trainer {
         Ok(stats)
     }
 
-    /// The generator to ship: the EMA when enabled, else the trained generator (inference mode).
-    pub fn inference_generator(&self) -> Generator {
-        match &self.ema {
+    /// The generator to ship: the EMA when enabled, else the trained generator, in inference
+    /// mode, with standing batch-norm statistics from [`STANDING_STATISTICS_SAMPLES`] latents
+    /// (see [`Generator::with_standing_statistics`]): the EMA's averaged running statistics do
+    /// not describe its own activations.
+    pub fn inference_generator(&self) -> Result<Generator> {
+        self.averaged_generator(STANDING_STATISTICS_SAMPLES)
+    }
+
+    /// The EMA (or the trained generator) with standing statistics from `samples` latents.
+    fn averaged_generator(&self, samples: usize) -> Result<Generator> {
+        let generator = match &self.ema {
             Some(ema) => ema.clone(),
             None => self.generator.valid(),
-        }
+        };
+        generator.with_standing_statistics(samples, STANDING_STATISTICS_SEED)
     }
 
     /// Exports the inference generator as `model.safetensors` + `model.json`.
     pub fn export(&self, path: &Path, dtype: StoredDtype) -> Result<()> {
         save_generator(
-            &self.inference_generator(),
+            &self.inference_generator()?,
             &self.config.generator,
             path,
             dtype,
@@ -381,7 +397,8 @@ impl Trainer {
         let device = self.device.clone().without_autodiff();
         let generator = AvatarGenerator::from_generator(
             self.config.generator.clone(),
-            self.inference_generator(),
+            // Fewer latents than the export (the grid is redrawn every few hundred steps).
+            self.averaged_generator(GRID_STANDING_STATISTICS_SAMPLES)?,
             DeviceSpec::Cpu,
             device,
         );

@@ -6,9 +6,9 @@ ConvTranspose + BN + ReLU stages, tanh; discriminator: 4x4 stride-2 convs, BN fr
 LeakyReLU 0.2, an s0 x s0 conv to one logit), same init (N(0, 0.02) conv weights, BN gamma 1),
 same recipe (Adam beta1 0.5, BCE with logits, one-sided label smoothing, instance noise decaying
 linearly to zero, horizontal flips, EMA of the generator with the same warm-up; or the hinge loss
-and a spectrally normalised D), same data scaling (RGBA / 127.5 - 1). Exports the EMA generator
-in our safetensors layout (+ config JSON) so `tools/eval/sample.py --weights` and
-`tools/eval/evaluate.py` score it like ours.
+and a spectrally normalised D), same data scaling (RGBA / 127.5 - 1). Exports the EMA generator, with standing batch-norm
+statistics as ours, in our safetensors layout (+ config JSON) so `tools/eval/sample.py
+--weights` and `tools/eval/evaluate.py` score it like ours.
 
     /work/venv-ref/bin/python tools/reference/dcgan_training/train_torch.py \
         --data /work/data/lorelei/96 --steps 6000 --batch 16 --lr-d 1e-4 \
@@ -62,6 +62,33 @@ def init_weights(m):
 def load_images(folder, limit):
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:limit]
     return np.stack([np.asarray(Image.open(p).convert("RGBA")) for p in files])  # [N, H, W, 4] uint8
+
+
+def standing_statistics(g, latent, samples=8192, batch=256, seed=0):
+    """A copy of `g` whose batch norms hold the population statistics of their inputs over
+    `samples` latents, block by block, the earlier blocks already normalised with their new
+    statistics (as `Generator::with_standing_statistics` in avatar-core; latents from torch's RNG)."""
+    g = copy.deepcopy(g).eval()
+    gen = torch.Generator().manual_seed(seed)
+    zs = [torch.randn(min(batch, samples - i), latent, 1, 1, generator=gen) for i in range(0, samples, batch)]
+    for norm in [m for m in g if isinstance(m, nn.BatchNorm2d)]:
+        count, mean, m2 = 0, 0.0, 0.0
+        seen = []
+        hook = norm.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].double()))
+        with torch.no_grad():
+            for z in zs:
+                g(z)
+                x = seen.pop().transpose(0, 1).reshape(norm.num_features, -1)
+                k, bm = x.shape[1], x.mean(1)
+                bm2 = ((x - bm[:, None]) ** 2).sum(1)
+                delta = bm - mean
+                mean = mean + delta * k / (count + k)
+                m2 = m2 + bm2 + delta**2 * count * k / (count + k)
+                count += k
+        hook.remove()
+        norm.running_mean.copy_(mean.float())
+        norm.running_var.copy_((m2 / count).float())
+    return g
 
 
 def export(g, path, latent, resolution, channels, widths):
@@ -178,8 +205,8 @@ def main():
             if step % 500 == 0:
                 print(row, flush=True)
         if a.snapshot_every and step % a.snapshot_every == 0:
-            export(ema, out / f"step_{step:07d}.safetensors", a.latent, r, a.channels, widths)
-    export(ema, out / "model.safetensors", a.latent, r, a.channels, widths)
+            export(standing_statistics(ema, a.latent), out / f"step_{step:07d}.safetensors", a.latent, r, a.channels, widths)
+    export(standing_statistics(ema, a.latent), out / "model.safetensors", a.latent, r, a.channels, widths)
     print(f"done: {a.steps} steps in {train_seconds:.0f} s of training ({a.steps * a.batch / train_seconds:.1f} img/s)")
 
 
