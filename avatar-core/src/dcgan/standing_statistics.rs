@@ -15,6 +15,7 @@ use burn::tensor::{Tensor, TensorData};
 use super::generator::Generator;
 use super::transposed::TransposedGenerator;
 use crate::error::{AvatarError, Result};
+use crate::host::f32_values;
 use crate::seed::NormalStream;
 
 /// Latents per batch while estimating (memory stays that of one generator forward pass).
@@ -46,13 +47,7 @@ impl Moments {
         let per_channel = x.swap_dims(0, 1).reshape([c, n * h * w]);
         let mean = per_channel.clone().mean_dim(1);
         let m2 = (per_channel - mean.clone()).square().sum_dim(1);
-        let read = |t: Tensor<2>| -> Result<Vec<f32>> {
-            t.into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| AvatarError::Backend(format!("reading batch statistics: {e:?}")))
-        };
-        let (mean, m2) = (read(mean)?, read(m2)?);
+        let (mean, m2) = (f32_values(mean)?, f32_values(m2)?);
         let k = (n * h * w) as f64;
         let total = self.count + k;
         for ch in 0..c {
@@ -88,6 +83,8 @@ impl TransposedGenerator {
     /// forward pass on that batch. Runs on the generator's device without autodiff.
     pub fn with_standing_statistics_from(self, latents: &[Tensor<2>]) -> Result<Self> {
         let generator = self.valid();
+        // Each block's input is recomputed from the latents rather than kept: holding every
+        // latent's activations at 48 px would take gigabytes.
         for i in 0..generator.blocks.len() {
             let channels = generator.blocks[i].norm.gamma.dims()[0];
             let mut moments = Moments::new(channels);

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::clip_vision::{ClipVisionConfig, ClipVisionTransformer, clip_preprocess};
 use super::weights::{KeyMap, component_weights, load_strict, tensor_names};
 use crate::error::{AvatarError, Result};
+use crate::host::f32_values;
 
 /// The checker's `config.json` (transformers' `CLIPConfig`; only the vision part is used).
 #[derive(Debug, Clone, Deserialize)]
@@ -70,21 +71,10 @@ fn round3(x: f64) -> f64 {
 
 fn rows(t: Tensor<2>) -> Result<Vec<Vec<f32>>> {
     let [n, m] = t.dims();
-    let values = t
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| AvatarError::Backend(format!("{e:?}")))?;
+    let values = f32_values(t)?;
     Ok((0..n)
         .map(|i| values[i * m..(i + 1) * m].to_vec())
         .collect())
-}
-
-fn values(t: Tensor<1>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| AvatarError::Backend(format!("{e:?}")))
 }
 
 /// Rows scaled to unit length.
@@ -159,8 +149,8 @@ impl SafetyChecker {
     pub fn check(&self, pixel_values: Tensor<4>) -> Result<Vec<SafetyVerdict>> {
         let (cos, special) = self.cosines(pixel_values);
         let (cos, special) = (rows(cos)?, rows(special)?);
-        let concept_w = values(self.concept_embeds_weights.val())?;
-        let special_w = values(self.special_care_embeds_weights.val())?;
+        let concept_w = f32_values(self.concept_embeds_weights.val())?;
+        let special_w = f32_values(self.special_care_embeds_weights.val())?;
         Ok(cos
             .iter()
             .zip(&special)

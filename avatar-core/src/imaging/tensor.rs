@@ -3,7 +3,8 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbaImage;
 
-use crate::error::{AvatarError, Result};
+use crate::error::Result;
+use crate::host::f32_values;
 
 /// CLIP's image normalisation mean (RGB), digits as OpenAI published them.
 #[allow(clippy::excessive_precision)]
@@ -41,11 +42,7 @@ pub fn rgb_to_tensor(image: &RgbaImage, device: &Device) -> Tensor<4> {
 /// `[N, 3, H, W]` in [0, 1] -> opaque RGBA images (rounded like diffusers' `numpy_to_pil`).
 pub fn tensor_to_rgba(images: Tensor<4>) -> Result<Vec<RgbaImage>> {
     let [n, _, h, w] = images.dims();
-    let values = images
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| AvatarError::Backend(format!("{e:?}")))?;
+    let values = f32_values(images)?;
     let plane = h * w;
     Ok((0..n)
         .map(|i| {

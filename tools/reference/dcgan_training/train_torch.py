@@ -205,8 +205,11 @@ def main():
             if step % 500 == 0:
                 print(row, flush=True)
         if a.snapshot_every and step % a.snapshot_every == 0:
-            export(standing_statistics(ema, a.latent), out / f"step_{step:07d}.safetensors", a.latent, r, a.channels, widths)
-    export(standing_statistics(ema, a.latent), out / "model.safetensors", a.latent, r, a.channels, widths)
+            final = standing_statistics(ema, a.latent)
+            export(final, out / f"step_{step:07d}.safetensors", a.latent, r, a.channels, widths)
+    if not (a.snapshot_every and a.steps and a.steps % a.snapshot_every == 0):  # else the last snapshot is final
+        final = standing_statistics(ema, a.latent)
+    export(final, out / "model.safetensors", a.latent, r, a.channels, widths)
     print(f"done: {a.steps} steps in {train_seconds:.0f} s of training ({a.steps * a.batch / train_seconds:.1f} img/s)")
 
 
