@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Side-by-side: the discriminator's strided convolutions (k4, stride 2, pad 1, batch 32) in
+PyTorch and in burn flex, one operation at a time (forward, input gradient, weight gradient)
+and under autodiff (forward, then both gradients).
+
+Times PyTorch (eager, `torch.nn.grad` for the two gradients), then runs
+`cargo bench -p avatar-core --bench conv_layers` and prints a Markdown table with the ratios and
+the gemm rewrite of the forward pass (`benches/conv_layers.rs`). Pause other jobs first.
+
+    /work/venv-ref/bin/python benches/compare_conv.py [--threads 2] [--skip-rust]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from compare_keras import ROOT, criterion_median_ms  # same folder
+
+LAYERS = [(5, 32, 128), (32, 64, 64), (64, 128, 32), (128, 256, 16)]  # as in conv_layers.rs
+BATCH = 32
+OPS = ("forward", "input_grad", "weight_grad", "forward_backward")
+
+
+def time_torch(runs: int) -> dict[tuple[str, str], float]:
+    """Median ms per (operation, layer label)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.grad import conv2d_input, conv2d_weight
+
+    medians = {}
+    for cin, cout, size in LAYERS:
+        label = f"{cin}-{cout}@{size}"
+        x = torch.randn(BATCH, cin, size, size)
+        w = torch.randn(cout, cin, 4, 4)
+        g = torch.randn(BATCH, cout, size // 2, size // 2)
+        calls = {
+            "forward": lambda: F.conv2d(x, w, stride=2, padding=1),
+            "input_grad": lambda: conv2d_input(x.shape, w, g, stride=2, padding=1),
+            "weight_grad": lambda: conv2d_weight(x, w.shape, g, stride=2, padding=1),
+        }
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        calls_grad = {"forward_backward": lambda: torch.autograd.grad(F.conv2d(xg, wg, stride=2, padding=1), (xg, wg), g)}
+        with torch.no_grad():
+            for op, call in calls.items():
+                for _ in range(2):
+                    call()
+                times = []
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    call()
+                    times.append(time.perf_counter() - t0)
+                medians[(op, label)] = statistics.median(times) * 1e3
+        for op, call in calls_grad.items():
+            for _ in range(2):
+                call()
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - t0)
+            medians[(op, label)] = statistics.median(times) * 1e3
+    return medians
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads (ours: RAYON_NUM_THREADS)")
+    ap.add_argument("--runs", type=int, default=15, help="timed PyTorch runs per case")
+    ap.add_argument("--skip-rust", action="store_true", help="reuse the last criterion results")
+    a = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    theirs = time_torch(a.runs)
+    if not a.skip_rust:
+        env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
+        subprocess.run(["cargo", "bench", "-p", "avatar-core", "--bench", "conv_layers"],
+                       check=True, cwd=ROOT, env=env)
+    rows = ["| layer (batch 32) | operation | PyTorch (ms) | ours (ms) | ours vs PyTorch | ours, gemm rewrite (ms) |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for cin, cout, size in LAYERS:
+        label = f"{cin}-{cout}@{size}"
+        for op in OPS:
+            t = theirs[(op, label)]
+            ours = criterion_median_ms("discriminator_conv", op, label)
+            verdict = f"{t / ours:.2f}x faster" if ours <= t else f"{ours / t:.2f}x slower"
+            rewrite = (f"{criterion_median_ms('discriminator_conv', 'gemm_' + op, label):.1f}"
+                       if op in ("forward", "forward_backward") else "")
+            rows.append(f"| {label} | {op} | {t:.1f} | {ours:.1f} | {verdict} | {rewrite} |")
+    print(f"\nPyTorch {torch.__version__} eager, {a.threads} threads; ours: burn 0.22.1 flex (release), "
+          f"RAYON_NUM_THREADS={a.threads}. Medians.\n")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
