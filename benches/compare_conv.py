@@ -11,12 +11,10 @@ the gemm rewrite of the forward pass (`benches/conv_layers.rs`). Pause other job
 """
 import argparse
 import os
-import statistics
 import subprocess
 import sys
-import time
 
-from compare_keras import ROOT, criterion_median_ms  # same folder
+from compare_keras import ROOT, criterion_median_ms, median_ms, speed_verdict  # same folder
 
 LAYERS = [(5, 32, 128), (32, 64, 64), (64, 128, 32), (128, 256, 16)]  # as in conv_layers.rs
 BATCH = 32
@@ -44,23 +42,9 @@ def time_torch(runs: int) -> dict[tuple[str, str], float]:
         calls_grad = {"forward_backward": lambda: torch.autograd.grad(F.conv2d(xg, wg, stride=2, padding=1), (xg, wg), g)}
         with torch.no_grad():
             for op, call in calls.items():
-                for _ in range(2):
-                    call()
-                times = []
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    call()
-                    times.append(time.perf_counter() - t0)
-                medians[(op, label)] = statistics.median(times) * 1e3
+                medians[(op, label)] = median_ms(call, runs, warmup=2)
         for op, call in calls_grad.items():
-            for _ in range(2):
-                call()
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - t0)
-            medians[(op, label)] = statistics.median(times) * 1e3
+            medians[(op, label)] = median_ms(call, runs, warmup=2)
     return medians
 
 
@@ -86,7 +70,7 @@ def main() -> int:
         for op in OPS:
             t = theirs[(op, label)]
             ours = criterion_median_ms("discriminator_conv", op, label)
-            verdict = f"{t / ours:.2f}x faster" if ours <= t else f"{ours / t:.2f}x slower"
+            verdict = speed_verdict(t, ours)
             rewrite = (f"{criterion_median_ms('discriminator_conv', 'gemm_' + op, label):.1f}"
                        if op in ("forward", "forward_backward") else "")
             rows.append(f"| {label} | {op} | {t:.1f} | {ours:.1f} | {verdict} | {rewrite} |")

@@ -12,13 +12,11 @@ and prints a Markdown table with the ratios. Pause other jobs first (numbers are
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from compare_keras import ROOT, criterion_median_ms  # same folder
+from compare_keras import ROOT, criterion_median_ms, median_ms, speed_verdict  # same folder
 
 EMBEDDED = {"small": ROOT / "avatar-core/weights/dcgan_small.safetensors",
             "large": ROOT / "avatar-core/weights/dcgan_large.safetensors"}
@@ -56,14 +54,7 @@ def time_torch(path: Path, runs: int) -> tuple[int, dict[int, float]]:
     with torch.inference_mode():
         for batch in (1, 64):
             z = torch.randn(batch, latent, 1, 1)
-            for _ in range(3):
-                g(z)
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                g(z)
-                times.append(time.perf_counter() - t0)
-            medians[batch] = statistics.median(times) * 1e3
+            medians[batch] = median_ms(lambda: g(z), runs, warmup=3)
     return sum(p.numel() for p in g.parameters()), medians
 
 
@@ -93,7 +84,7 @@ def main() -> int:
         for b in (1, 64):
             ours = criterion_median_ms("transposed_generator_forward", name, str(b))
             t = torch_ms[b]
-            verdict = f"{t / ours:.2f}x faster" if ours <= t else f"{ours / t:.2f}x slower"
+            verdict = speed_verdict(t, ours)
             rows.append(f"| {name} | {params / 1e6:.2f} M | {b} | {t:.2f} | {ours:.2f} | {verdict} |")
     print(f"\nPyTorch {torch.__version__} eager, eval mode, inference_mode, {a.threads} threads; "
           f"ours: burn 0.22.1 flex (release, batch norms folded at load), RAYON_NUM_THREADS={a.threads}. Medians.\n")

@@ -9,8 +9,10 @@ back to back on the same machine and prints a Markdown table of medians and rati
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +23,25 @@ def criterion_median_ms(group: str, name: str, param: str) -> float:
     path = target / "criterion" / group / name / param / "new" / "estimates.json"
     with open(path) as f:
         return json.load(f)["median"]["point_estimate"] / 1e6
+
+
+def median_ms(call, runs: int, warmup: int) -> float:
+    """Median wall time of `call()` in ms over `runs` calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def speed_verdict(theirs_ms: float, ours_ms: float) -> str:
+    """"1.23x faster" / "1.23x slower": ours against theirs, from two times."""
+    if ours_ms <= theirs_ms:
+        return f"{theirs_ms / ours_ms:.2f}x faster"
+    return f"{ours_ms / theirs_ms:.2f}x slower"
 
 
 def main() -> int:
