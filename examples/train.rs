@@ -5,6 +5,9 @@
 //!     --run-dir runs/small --steps 20000
 //! cargo run --release --example train -- --run-dir runs/small --resume --steps 40000
 //! cargo run --release --example train -- --run-dir runs/small --resume --export weights/small.safetensors --steps 0
+//! # the 128 px model, fine-tuned from the 96 px one (same widths)
+//! cargo run --release --example train -- --data /work/data/lorelei/128 --size 128 --latent 128 \
+//!     --warm-start avatar-core/weights/dcgan_small.safetensors --run-dir runs/large
 //! ```
 
 use std::path::PathBuf;
@@ -84,6 +87,10 @@ struct Args {
     /// Continue from run_dir/checkpoint.
     #[arg(long)]
     resume: bool,
+    /// New runs: start the generator from these exported weights (same widths and channels),
+    /// grown to --size and --latent; the discriminator starts fresh.
+    #[arg(long, conflicts_with = "resume")]
+    warm_start: Option<PathBuf>,
     #[arg(long, default_value_t = 500)]
     sample_every: u64,
     #[arg(long, default_value_t = 250)]
@@ -139,7 +146,11 @@ fn run(args: Args) -> Result<(), AvatarError> {
             .with_seed(args.seed);
         config.ema_decay = (args.ema > 0.0).then_some(args.ema);
         config.discriminator.spectral_norm = args.spectral_norm;
-        Trainer::new(config, &device)?
+        let mut trainer = Trainer::new(config, &device)?;
+        if let Some(weights) = &args.warm_start {
+            trainer.warm_start(weights)?;
+        }
+        trainer
     };
     let config = trainer.config().clone();
     std::fs::create_dir_all(args.run_dir.join("samples"))

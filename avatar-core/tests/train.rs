@@ -255,3 +255,76 @@ fn bad_data_folders_are_clear_errors() {
         Err(AvatarError::InvalidOption { field: "data", .. })
     ));
 }
+
+#[test]
+fn a_warm_started_run_grows_a_trained_generator_and_trains_all_of_it() {
+    // A 12 px, latent-6 run of the same widths, exported, warm-starts the 16 px, latent-8 run.
+    let data12 = ImageDataset::from_images(discs(8, 12), 4).unwrap();
+    let small = GeneratorConfig::transposed(6, 12, 4, vec![16, 8]).unwrap();
+    let mut source = Trainer::new(
+        TrainConfig::dcgan(small, vec![8, 16]).with_batch_size(8),
+        &Device::flex(),
+    )
+    .unwrap();
+    source.step(&data12).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("small.safetensors");
+    source
+        .export(&weights, avatar_core::dcgan::StoredDtype::F32)
+        .unwrap();
+
+    let mut trainer = Trainer::new(config(), &Device::flex()).unwrap();
+    trainer.warm_start(&weights).unwrap();
+    assert_eq!(
+        trainer.config().warm_start.as_deref(),
+        Some(weights.to_str().unwrap())
+    );
+    let projection = |t: &Trainer| match t.generator() {
+        avatar_core::dcgan::Generator::Transposed(g) => g.blocks[0]
+            .conv
+            .weight
+            .val()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap(),
+        _ => unreachable!(),
+    };
+    let before = projection(&trainer);
+    // The two new latent rows (6 and 7 of 8) start at zero.
+    let row = before.len() / 8;
+    assert!(before[6 * row..].iter().all(|&v| v == 0.0));
+    assert!(before[..6 * row].iter().any(|&v| v != 0.0));
+    let before_outputs = params(trainer.generator());
+    trainer
+        .step(&ImageDataset::from_images(discs(8, 16), 4).unwrap())
+        .unwrap();
+    let after = projection(&trainer);
+    assert!(
+        max_abs_diff(&before, &after) > 0.0,
+        "the projection did not train"
+    );
+    assert!(
+        after[6 * row..].iter().any(|&v| v != 0.0),
+        "the new latent rows did not train"
+    );
+    assert_ne!(before_outputs, params(trainer.generator()));
+
+    // The provenance survives a checkpoint; a run that has stepped cannot be warm-started.
+    let checkpoint = dir.path().join("checkpoint");
+    trainer.save_checkpoint(&checkpoint).unwrap();
+    let mut resumed = Trainer::resume(&checkpoint, &Device::flex(), |_| {}).unwrap();
+    assert_eq!(resumed.config().warm_start, trainer.config().warm_start);
+    let err = resumed.warm_start(&weights).unwrap_err();
+    assert!(err.to_string().contains("warm"), "{err}");
+    // Other widths are rejected.
+    let mut other = Trainer::new(
+        TrainConfig::dcgan(
+            GeneratorConfig::transposed(8, 16, 4, vec![8, 8]).unwrap(),
+            vec![8, 16],
+        ),
+        &Device::flex(),
+    )
+    .unwrap();
+    let err = other.warm_start(&weights).unwrap_err();
+    assert!(err.to_string().contains("widths"), "{err}");
+}

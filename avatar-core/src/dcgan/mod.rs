@@ -3,6 +3,7 @@
 mod config;
 mod discriminator;
 mod generator;
+mod grow;
 mod inference;
 pub mod keras;
 mod keras_import;
@@ -17,6 +18,7 @@ mod weights;
 pub use config::{Architecture, GeneratorConfig};
 pub use discriminator::{Discriminator, DiscriminatorConfig, DownBlock};
 pub use generator::{Generator, latents_for_seeds};
+pub use grow::grow_generator;
 pub use inference::InferenceGenerator;
 pub use keras_import::{
     generator_from_keras, keras_config, load_keras_generator, load_keras_generator_bytes,

@@ -44,7 +44,11 @@ impl TrainState {
 /// trained with. burn's `Config` derive does not apply `#[config(default)]` when deserialising,
 /// so an older `state.json` gets them filled in before it is read.
 fn added_fields() -> serde_json::Value {
-    serde_json::json!({"loss": "Bce", "discriminator": {"spectral_norm": false}})
+    serde_json::json!({
+        "loss": "Bce",
+        "discriminator": {"spectral_norm": false},
+        "warm_start": null,
+    })
 }
 
 /// Inserts every key of `added` that `saved` lacks, recursing into objects present in both.

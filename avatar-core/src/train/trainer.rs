@@ -15,7 +15,8 @@ use super::init::redraw_random_init;
 use crate::avatar::AvatarGenerator;
 use crate::dcgan::{
     Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, STANDING_STATISTICS_SAMPLES,
-    StoredDtype, save_generator,
+    StoredDtype, generator_from_bytes, generator_to_bytes, grow_generator, load_generator,
+    save_generator,
 };
 use crate::device::DeviceSpec;
 use crate::error::{AvatarError, Result};
@@ -70,6 +71,9 @@ pub struct TrainConfig {
     /// The adversarial loss.
     #[config(default = "GanLoss::Bce")]
     pub loss: GanLoss,
+    /// The weights the generator was warm-started from ([`Trainer::warm_start`]), if any.
+    #[config(default = "None")]
+    pub warm_start: Option<String>,
 }
 
 /// The adversarial loss of a run.
@@ -229,6 +233,31 @@ impl Trainer {
             discriminator,
             ema,
         })
+    }
+
+    /// Replaces the new run's generator (and its EMA) with the generator saved at `weights`,
+    /// grown to this run's generator config by [`grow_generator`]: fine-tuning a trained model at
+    /// another resolution or latent size. The discriminator keeps its fresh initialisation.
+    /// Only before the first step.
+    pub fn warm_start(&mut self, weights: &Path) -> Result<()> {
+        if self.state.step != 0 {
+            return Err(AvatarError::invalid(
+                "warm_start",
+                "only a run that has not taken a step can be warm-started",
+            ));
+        }
+        let base = self.device.clone().without_autodiff();
+        let (source_config, source) = load_generator(weights, &base)?;
+        let grown = grow_generator(&source, &source_config, &self.config.generator, &base)?;
+        // Loaded through safetensors like every checkpoint, so the parameters are trainable.
+        let bytes = generator_to_bytes(&grown, &self.config.generator, StoredDtype::F32)?;
+        let (_, generator) =
+            generator_from_bytes(&bytes, Some(self.config.generator.clone()), &self.device)?;
+        self.ema = self.config.ema_decay.map(|_| generator.valid());
+        self.generator = generator;
+        self.config.warm_start = Some(weights.display().to_string());
+        self.state = TrainState::new(self.config.clone());
+        Ok(())
     }
 
     /// The run's config.
