@@ -121,13 +121,15 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
     let config = config().with_instance_noise(0.1).with_label_smoothing(0.1);
     let (resumed, dir, checkpoint) = resume_is_exact(config);
 
-    // A checkpoint written before the loss and spectral-norm options existed still resumes.
+    // A checkpoint written before the loss, spectral-norm and warm-start options existed still
+    // resumes.
     let reference = Trainer::resume(&checkpoint, &Device::flex(), |_| {}).unwrap();
     let state_path = checkpoint.join("state.json");
     let mut state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
     let config_json = state["config"].as_object_mut().unwrap();
     assert!(config_json.remove("loss").is_some());
+    assert!(config_json.remove("warm_start").is_some());
     let discriminator = config_json["discriminator"].as_object_mut().unwrap();
     assert!(discriminator.remove("spectral_norm").is_some());
     std::fs::write(&state_path, state.to_string()).unwrap();
