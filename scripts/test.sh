@@ -7,12 +7,37 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints the seconds the previous one took, so a CI log shows where the time goes.
+t0=$SECONDS; last=$SECONDS
+step() { printf '\n==> [%ds, +%ds] %s\n' "$((SECONDS - t0))" "$((SECONDS - last))" "$*"; last=$SECONDS; }
 
 step "format"
 cargo fmt --all --check
 
-step "rust tests (release profile: burn is built once for tests, examples, benches and the server)"
+# The Python and Node steps' downloads run in the background, beside the CPU-bound Rust build;
+# those steps wait for them and then repeat the same installs (quick no-ops when they succeeded).
+venv=target/py-venv
+mkdir -p target
+(
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "maturin>=1.16,<2" "pytest>=8" "numpy>=1.21" "pillow>=9"
+  (cd avatar-node && npm install --no-audit --no-fund --loglevel=error)
+  (cd examples/nextjs && npm install --no-audit --no-fund --loglevel=error)
+) >target/downloads.log 2>&1 &
+downloads=$!
+await_downloads() {
+  wait "$downloads" || { echo "background downloads failed (target/downloads.log):"; cat target/downloads.log; }
+}
+# .ci/run may still be installing system packages (Vulkan, Chromium) in the background.
+await_system_packages() {
+  while [ -n "${AVATAR_SETUP_PID:-}" ] && kill -0 "$AVATAR_SETUP_PID" 2>/dev/null; do sleep 2; done
+}
+
+step "rust build (release profile: burn is built once for tests, examples, benches and the server)"
+cargo test --release --workspace --all-targets --no-run
+
+step "rust tests"
+await_system_packages
 env -u AVATAR_WGPU_TESTS cargo test --release --workspace --all-targets
 env -u AVATAR_WGPU_TESTS cargo test --release --workspace --doc
 
@@ -24,7 +49,7 @@ else
 fi
 
 step "python package: pip install ./avatar-py (maturin, shared target dir), then pytest"
-venv=target/py-venv
+await_downloads
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check "maturin>=1.16,<2" "pytest>=8" "numpy>=1.21" "pillow>=9"
 # --no-build-isolation: use the maturin above; maturin builds into ./target with the same profile

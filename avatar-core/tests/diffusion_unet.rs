@@ -102,3 +102,11 @@ fn sd15_unet_matches_diffusers() {
 fn sdxl_unet_matches_diffusers() {
     check("sdxl_tiny/unet", "sdxl_unet.safetensors", true);
 }
+
+/// 13x10 latents, sides the UNets' downsampling does not divide (SD at 520 px, say): diffusers
+/// passes each upsampler its skip connection's size instead of doubling.
+#[test]
+fn latents_of_any_size_match_diffusers() {
+    check("sd15_tiny/unet", "sd15_unet_odd.safetensors", false);
+    check("sdxl_tiny/unet", "sdxl_unet_odd.safetensors", true);
+}

@@ -339,7 +339,7 @@ fn faceid_plus_v1_and_v2_match_diffusers() {
 fn face_avatars_keep_the_face_through_a_loaded_adapter() {
     use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, face_avatars};
     let device = Device::flex();
-    let sd = with_adapter("sd15_tiny", "ip_adapter.safetensors", true, &device);
+    let sd = with_adapter("sd15_tiny_f8", "ip_adapter.safetensors", true, &device);
     let options = |ip_adapter_scale| FaceAvatarOptions {
         width: 256,
         height: 256,
@@ -422,7 +422,7 @@ fn face_avatars_give_faceid_the_largest_face_of_the_reference() {
     use avatar_core::diffusion::face_avatar::{FaceAvatarOptions, FaceAvatarTools, face_avatars};
     use avatar_core::face_analysis::{DetectionOptions, FaceAnalysis};
     let device = Device::flex();
-    let sd = with_adapter("sd15_tiny", "ip_adapter_faceid.bin", false, &device);
+    let sd = with_adapter("sd15_tiny_f8", "ip_adapter_faceid.bin", false, &device);
     let faces = adapters().join("../face_analysis");
     let analysis = std::sync::Arc::new(
         FaceAnalysis::load(

@@ -2,7 +2,7 @@
 #![cfg(feature = "train")]
 
 use avatar_core::AvatarError;
-use avatar_core::dcgan::{GeneratorConfig, load_generator};
+use avatar_core::dcgan::{GeneratorConfig, StoredDtype, generator_to_bytes, load_generator};
 use avatar_core::seed::SplitMix64;
 use avatar_core::train::{GanLoss, ImageDataset, TrainConfig, Trainer};
 use burn::module::Module;
@@ -58,6 +58,21 @@ fn params(generator: &avatar_core::dcgan::Generator) -> Vec<f32> {
         .into_data()
         .try_into_vec::<f32>()
         .unwrap()
+}
+
+/// Each tensor of a trainer's generator as its weights file stores it, by name.
+fn weight_tensors(trainer: &Trainer) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let bytes = generator_to_bytes(
+        &trainer.generator().valid(),
+        &trainer.config().generator,
+        StoredDtype::F32,
+    )
+    .unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect()
 }
 
 /// Largest absolute difference between two generators' outputs.
@@ -141,9 +156,7 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
 
     // The export loads as an inference model of the configured size.
     let export = dir.path().join("export/model.safetensors");
-    resumed
-        .export(&export, avatar_core::dcgan::StoredDtype::F16)
-        .unwrap();
+    resumed.export(&export, StoredDtype::F16).unwrap();
     let (loaded_config, _) = load_generator(&export, &Device::flex()).unwrap();
     assert_eq!(loaded_config.resolution, 16);
 
@@ -271,9 +284,7 @@ fn a_warm_started_run_grows_a_trained_generator_and_trains_all_of_it() {
     source.step(&data12).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("small.safetensors");
-    source
-        .export(&weights, avatar_core::dcgan::StoredDtype::F32)
-        .unwrap();
+    source.export(&weights, StoredDtype::F32).unwrap();
 
     let mut trainer = Trainer::new(config(), &Device::flex()).unwrap();
     trainer.warm_start(&weights).unwrap();
@@ -297,9 +308,22 @@ fn a_warm_started_run_grows_a_trained_generator_and_trains_all_of_it() {
     assert!(before[6 * row..].iter().all(|&v| v == 0.0));
     assert!(before[..6 * row].iter().any(|&v| v != 0.0));
     let before_outputs = params(trainer.generator());
+    let before_weights = weight_tensors(&trainer);
     trainer
         .step(&ImageDataset::from_images(discs(8, 16), 4).unwrap())
         .unwrap();
+    // Every tensor, copied, resized or new, is trainable: one step changes each of them.
+    let after_weights = weight_tensors(&trainer);
+    assert_eq!(
+        before_weights.keys().collect::<Vec<_>>(),
+        after_weights.keys().collect::<Vec<_>>()
+    );
+    let unchanged: Vec<&String> = before_weights
+        .iter()
+        .filter(|(name, values)| after_weights[*name] == **values)
+        .map(|(name, _)| name)
+        .collect();
+    assert!(unchanged.is_empty(), "not trained: {unchanged:?}");
     let after = projection(&trainer);
     assert!(
         max_abs_diff(&before, &after) > 0.0,

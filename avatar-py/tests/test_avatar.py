@@ -149,6 +149,9 @@ def test_inference_releases_the_gil(small: avatar.AvatarGenerator) -> None:
 
 
 TINY_SD = Path(__file__).resolve().parents[2] / "avatar-core/tests/fixtures/diffusion/sd15_tiny"
+# The same pipeline with an 8x VAE, for face avatars (256 px or more): sd15_tiny's 2x VAE would make
+# each image cost seconds of attention over 128x128 latents.
+TINY_SD_F8 = TINY_SD.with_name("sd15_tiny_f8")
 
 
 def test_stable_diffusion_text_and_image_to_image() -> None:
@@ -210,7 +213,7 @@ def test_stable_diffusion_in_half_precision() -> None:
 
 
 def test_face_avatar_from_a_reference_photo() -> None:
-    pipe = avatar.StableDiffusion(TINY_SD)
+    pipe = avatar.StableDiffusion(TINY_SD_F8)
     photo = Image.new("RGB", (300, 200), (200, 120, 90))
     steps: list[tuple[int, int]] = []
     images = pipe.face_avatar(photo, gender="female", batch=1, width=256, height=256,
@@ -415,7 +418,7 @@ def test_background_remover_follows_rembg_and_serves_face_avatars() -> None:
     with pytest.raises(avatar.WeightsError):
         avatar.BackgroundRemover(SAFETY / "model.safetensors")
 
-    pipe = avatar.StableDiffusion(TINY_SD, background_model=U2NET / "u2net_tiny.pth")
+    pipe = avatar.StableDiffusion(TINY_SD_F8, background_model=U2NET / "u2net_tiny.pth")
     [image] = pipe.face_avatar(Image.new("RGB", (300, 200), (200, 120, 90)), width=256, height=256,
                                num_inference_steps=1, guidance_scale=1.0, seed=4, remove_background=True)
     opaque = image.copy()
@@ -444,11 +447,11 @@ def test_face_analysis_feeds_instantid() -> None:
                              width=64, height=64, seed=1, controlnet_selection=[])
     assert image.size == (64, 64)
     # Seed 001's face avatars give a loaded FaceID adapter the reference's face.
-    faceid = avatar.StableDiffusion(TINY_SD, ip_adapters=[FIXTURES / "ip_adapter/ip_adapter_faceid.bin"],
+    faceid = avatar.StableDiffusion(TINY_SD_F8, ip_adapters=[FIXTURES / "ip_adapter/ip_adapter_faceid.bin"],
                                     face_analysis=analysis)
     common = dict(width=256, height=256, num_inference_steps=1, guidance_scale=1.0, seed=3, ip_adapter_scale=1.0)
     steered = faceid.face_avatar(photo, **common)[0]
-    plain = avatar.StableDiffusion(TINY_SD, ip_adapters=[FIXTURES / "ip_adapter/ip_adapter_faceid.bin"]).face_avatar(
+    plain = avatar.StableDiffusion(TINY_SD_F8, ip_adapters=[FIXTURES / "ip_adapter/ip_adapter_faceid.bin"]).face_avatar(
         photo, **common)[0]
     assert steered.tobytes() != plain.tobytes()
     with pytest.raises(avatar.InvalidOptionError) as info:

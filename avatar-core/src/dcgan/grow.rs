@@ -7,14 +7,13 @@
 //! scratch.
 
 use burn::module::{Module, Param};
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
 use super::config::{Architecture, GeneratorConfig};
 use super::generator::Generator;
 use super::transposed::TransposedGenerator;
 use crate::error::{AvatarError, Result};
+use crate::imaging::resize_bilinear;
 
 /// `source` (a transposed generator built for `source_config`) re-fitted to `target`, on `device`.
 ///
@@ -56,7 +55,8 @@ pub fn grow_generator(
     let size = target.initial_size()?;
     let mut grown = TransposedGenerator::new(target, device)?;
     let projection = source.blocks[0].conv.weight.val().to_device(device);
-    let projection = resize_latent_rows(resize_kernel(projection, size), target.latent_dim);
+    let projection =
+        resize_latent_rows(resize_bilinear(projection, [size, size]), target.latent_dim);
     grown.blocks[0].conv.weight = Param::from_tensor(projection);
     grown.blocks[0].norm = source.blocks[0].norm.clone().to_device(device);
     for (grown, source) in grown.blocks.iter_mut().zip(&source.blocks).skip(1) {
@@ -64,20 +64,6 @@ pub fn grow_generator(
     }
     grown.output = source.output.clone().to_device(device);
     Ok(Generator::Transposed(grown))
-}
-
-/// `[z, c, s, s]` -> `[z, c, size, size]`, bilinear (`align_corners=False`).
-fn resize_kernel(kernel: Tensor<4>, size: usize) -> Tensor<4> {
-    let [_, _, h, w] = kernel.dims();
-    if (h, w) == (size, size) {
-        return kernel;
-    }
-    interpolate(
-        kernel,
-        InterpolateOptions::new(InterpolateMode::Bilinear)
-            .with_align_corners(false)
-            .with_output_size([size, size]),
-    )
 }
 
 /// Keeps the first `latent` rows of `[z, c, s, s]`, padding with zero rows when `latent > z`.

@@ -131,9 +131,16 @@ impl Upsample2D {
     /// `[B, C, H, W] -> [B, C, 2H, 2W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
+        self.forward_to(x, [2 * h, 2 * w])
+    }
+
+    /// `[B, C, H, W] -> [B, C, height, width]`: diffusers' `upsample_size`, which a UNet passes
+    /// when its latents are not divisible by its overall downsampling (a stride-2 convolution
+    /// rounds odd sides up, so the way back must land on the skip connection's size, not 2x).
+    pub fn forward_to(&self, x: Tensor<4>, [height, width]: [usize; 2]) -> Tensor<4> {
         let up = interpolate(
             x,
-            InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]),
+            InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([height, width]),
         );
         self.conv.forward(up)
     }

@@ -629,18 +629,11 @@ impl UNet2DConditionModel {
         control: Option<&ControlResiduals>,
     ) -> Result<Tensor<4>> {
         let device = sample.device();
-        let [b, _, h, w] = sample.dims();
+        let [b, ..] = sample.dims();
         if timesteps.len() != b {
             return Err(AvatarError::invalid(
                 "timesteps",
                 format!("{} timesteps for a batch of {b}", timesteps.len()),
-            ));
-        }
-        let levels = self.down_blocks.len() - 1;
-        if !h.is_multiple_of(1 << levels) || !w.is_multiple_of(1 << levels) {
-            return Err(AvatarError::invalid(
-                "latents",
-                format!("{h}x{w} latents are not divisible by {}", 1 << levels),
             ));
         }
         let temb = embed_time(
@@ -684,8 +677,16 @@ impl UNet2DConditionModel {
                     x = attention.forward(x, context.clone(), injection);
                 }
             }
+            // Back to the next skip connection's size: 2x, or one less where a stride-2
+            // convolution rounded an odd side up (diffusers' `forward_upsample_size`).
             for up in &block.upsamplers {
-                x = up.forward(x);
+                x = match skips.last() {
+                    Some(skip) => {
+                        let [_, _, h, w] = skip.dims();
+                        up.forward_to(x, [h, w])
+                    }
+                    None => up.forward(x),
+                };
             }
         }
         Ok(to_f32(

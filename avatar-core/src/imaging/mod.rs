@@ -15,4 +15,6 @@ pub use color::Color;
 pub use encode::{ImageFormat, encode, resize};
 pub use keypoints::{check_keypoints, draw_kps};
 pub use matte::{MatteOptions, composite_over, key_background};
-pub use tensor::{CLIP_MEAN, CLIP_STD, clip_normalize, rgb_to_tensor, tensor_to_rgba};
+pub use tensor::{
+    CLIP_MEAN, CLIP_STD, clip_normalize, resize_bilinear, rgb_to_tensor, tensor_to_rgba,
+};

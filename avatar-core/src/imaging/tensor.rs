@@ -1,5 +1,7 @@
 //! Images <-> `[N, 3, H, W]` float tensors in [0, 1] (channel-first, as the models take them).
 
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbaImage;
 
@@ -21,6 +23,22 @@ pub fn clip_normalize(images: Tensor<4>) -> Tensor<4> {
     let std = Tensor::<1>::from_data(TensorData::new(CLIP_STD.to_vec(), [3]), &device)
         .reshape([1, 3, 1, 1]);
     (images - mean) / std
+}
+
+/// Bilinear resize of `[N, C, H, W]` to `[N, C, height, width]`, PyTorch's
+/// `F.interpolate(x, size, mode="bilinear", align_corners=False)`; `x` itself when it already has
+/// that size.
+pub fn resize_bilinear(x: Tensor<4>, [height, width]: [usize; 2]) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    if (h, w) == (height, width) {
+        return x;
+    }
+    interpolate(
+        x,
+        InterpolateOptions::new(InterpolateMode::Bilinear)
+            .with_align_corners(false)
+            .with_output_size([height, width]),
+    )
 }
 
 /// An image's RGB channels as a `[1, 3, H, W]` tensor in [0, 1] (alpha is dropped).

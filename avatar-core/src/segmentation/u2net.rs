@@ -14,12 +14,13 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::activation::{relu, sigmoid};
-use burn::tensor::module::{interpolate, max_pool2d};
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::diffusion::weights::{KeyMap, load_strict_any, tensor_shapes};
 use crate::error::{AvatarError, Result};
+use crate::imaging::resize_bilinear;
 
 /// The eleven stages in forward order with their RSU depth (`None`: the dilated RSU-4F).
 const STAGES: [(&str, Option<usize>); 11] = [
@@ -217,16 +218,7 @@ fn pool(x: Tensor<4>) -> Tensor<4> {
 /// `F.interpolate(src, size=target.shape[2:], mode="bilinear", align_corners=False)`.
 fn upsample_like(x: Tensor<4>, target: &Tensor<4>) -> Tensor<4> {
     let [_, _, h, w] = target.dims();
-    let [_, _, xh, xw] = x.dims();
-    if (xh, xw) == (h, w) {
-        return x;
-    }
-    interpolate(
-        x,
-        InterpolateOptions::new(InterpolateMode::Bilinear)
-            .with_align_corners(false)
-            .with_output_size([h, w]),
-    )
+    resize_bilinear(x, [h, w])
 }
 
 /// A U²-Net's widths: the eleven stages' [`RsuConfig`]s and the mask channels.

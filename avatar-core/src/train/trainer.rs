@@ -15,8 +15,7 @@ use super::init::redraw_random_init;
 use crate::avatar::AvatarGenerator;
 use crate::dcgan::{
     Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, STANDING_STATISTICS_SAMPLES,
-    StoredDtype, generator_from_bytes, generator_to_bytes, grow_generator, load_generator,
-    save_generator,
+    StoredDtype, grow_generator, load_generator, save_generator,
 };
 use crate::device::DeviceSpec;
 use crate::error::{AvatarError, Result};
@@ -248,11 +247,10 @@ impl Trainer {
         }
         let base = self.device.clone().without_autodiff();
         let (source_config, source) = load_generator(weights, &base)?;
-        let grown = grow_generator(&source, &source_config, &self.config.generator, &base)?;
-        // Loaded through safetensors like every checkpoint, so the parameters are trainable.
-        let bytes = generator_to_bytes(&grown, &self.config.generator, StoredDtype::F32)?;
-        let (_, generator) =
-            generator_from_bytes(&bytes, Some(self.config.generator.clone()), &self.device)?;
+        // Grown without autodiff; `train()` makes every parameter, copied or new, a trainable leaf
+        // on the run's autodiff device.
+        let generator =
+            grow_generator(&source, &source_config, &self.config.generator, &base)?.train();
         self.ema = self.config.ema_decay.map(|_| generator.valid());
         self.generator = generator;
         self.config.warm_start = Some(weights.display().to_string());

@@ -7,12 +7,11 @@
 //! interpolation when smaller. The geometric augmentations of one cutout are folded into a single
 //! homography applied with `grid_sample` (border padding); colour jitter is a 3x3 colour matrix.
 
-use burn::tensor::module::{adaptive_avg_pool2d, interpolate};
-use burn::tensor::ops::{
-    GridSampleOptions, GridSamplePaddingMode, InterpolateMode, InterpolateOptions,
-};
+use burn::tensor::module::adaptive_avg_pool2d;
+use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMode};
 use burn::tensor::{Tensor, TensorData};
 
+use crate::imaging::resize_bilinear;
 use crate::seed::{NormalStream, SplitMix64};
 
 /// A square crop: side `size` at column `x`, row `y`.
@@ -65,12 +64,7 @@ pub fn make_cutouts(image: Tensor<4>, cutouts: &[Cutout], cut: usize) -> Tensor<
             if box_.size >= cut {
                 adaptive_avg_pool2d(crop, [cut, cut])
             } else {
-                interpolate(
-                    crop,
-                    InterpolateOptions::new(InterpolateMode::Bilinear)
-                        .with_align_corners(false)
-                        .with_output_size([cut, cut]),
-                )
+                resize_bilinear(crop, [cut, cut])
             }
         })
         .collect();
