@@ -14,16 +14,18 @@ step() { printf '\n==> [%ds, +%ds] %s\n' "$((SECONDS - t0))" "$((SECONDS - last)
 step "format"
 cargo fmt --all --check
 
-# The Python and Node steps' downloads run in the background, beside the CPU-bound Rust build;
-# those steps wait for them and then repeat the same installs (quick no-ops when they succeeded).
 venv=target/py-venv
-mkdir -p target
-(
+# The Python and Node steps' installs. They run first in the background, beside the CPU-bound
+# Rust build, so their downloads overlap it; the steps wait for that and run them again (quick
+# no-ops when the first run succeeded).
+python_env() {
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "maturin>=1.16,<2" "pytest>=8" "numpy>=1.21" "pillow>=9"
-  (cd avatar-node && npm install --no-audit --no-fund --loglevel=error)
-  (cd examples/nextjs && npm install --no-audit --no-fund --loglevel=error)
-) >target/downloads.log 2>&1 &
+}
+# npm install, not npm ci: npm 11 rejects lockfiles without the other platforms' optional packages.
+npm_install() { npm install --no-audit --no-fund --loglevel=error; }
+mkdir -p target
+(python_env && (cd avatar-node && npm_install) && (cd examples/nextjs && npm_install)) >target/downloads.log 2>&1 &
 downloads=$!
 await_downloads() {
   wait "$downloads" || { echo "background downloads failed (target/downloads.log):"; cat target/downloads.log; }
@@ -50,8 +52,7 @@ fi
 
 step "python package: pip install ./avatar-py (maturin, shared target dir), then pytest"
 await_downloads
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q --disable-pip-version-check "maturin>=1.16,<2" "pytest>=8" "numpy>=1.21" "pillow>=9"
+python_env
 # --no-build-isolation: use the maturin above; maturin builds into ./target with the same profile
 # and features as every other crate, so burn is not rebuilt.
 PATH="$PWD/$venv/bin:$PATH" "$venv/bin/pip" install -q --disable-pip-version-check \
@@ -59,14 +60,11 @@ PATH="$PWD/$venv/bin:$PATH" "$venv/bin/pip" install -q --disable-pip-version-che
 "$venv/bin/python" -m pytest -q avatar-py/tests
 
 step "node package: napi build of avatar-node, then node --test"
-# npm install, not npm ci: npm 11 rejects lockfiles without the other platforms' optional packages.
-(cd avatar-node && npm install --no-audit --no-fund --loglevel=error && npm run --silent build && npm test)
+(cd avatar-node && npm_install && npm run --silent build && npm test)
 
 step "next.js example: next build, next start, HTTP and headless-Chromium checks"
 # install-links=true (.npmrc) copies the addon; drop the old copy so the fresh build is taken.
-# (npm install, not npm ci, as above.)
-(cd examples/nextjs && rm -rf node_modules/@avatar/node &&
-  npm install --no-audit --no-fund --loglevel=error && npx next build && npm test)
+(cd examples/nextjs && rm -rf node_modules/@avatar/node && npm_install && npx next build && npm test)
 
 step "clippy, with the opt-in cuda backend type-checked in the same pass (DOCS_RS=1: its build script would download LLVM)"
 DOCS_RS=1 cargo clippy --release --workspace --all-targets --features avatar-core/cuda -- -D warnings

@@ -54,7 +54,7 @@ def vae_f8() -> None:
     os.makedirs(OUT)
     shutil.copy(os.path.join(SOURCE, "model_index.json"), OUT)
     for sub in ("scheduler", "text_encoder", "tokenizer", "unet"):
-        os.symlink(os.path.join("..", "sd15_tiny", sub), os.path.join(OUT, sub))
+        os.symlink(os.path.join("..", os.path.basename(SOURCE), sub), os.path.join(OUT, sub))
     config = vae_config(0.18215, False)
     config.update(
         down_block_types=("DownEncoderBlock2D",) * 4,
