@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Side-by-side: the discriminator's strided convolutions (k4, stride 2, pad 1, batch 32) in
 PyTorch and in burn flex, one operation at a time (forward, input gradient, weight gradient)
-and under autodiff (forward, then both gradients).
+and under autodiff (forward, then both gradients), and the generator's stride-2 transposed
+convolutions; ours both as burn computes them and through `avatar_core::gemm_conv` (im2col + one
+gemm for the forward pass and the weight gradient; the transposed convolutions are flex's own).
 
 Times PyTorch (eager, `torch.nn.grad` for the two gradients), then runs
-`cargo bench -p avatar-core --bench conv_layers` and prints a Markdown table with the ratios and
-the gemm rewrite of the forward pass (`benches/conv_layers.rs`). Pause other jobs first.
+`cargo bench -p avatar-core --bench conv_layers` and prints a Markdown table with the ratios
+(`benches/conv_layers.rs`). Pause other jobs first.
 
     /work/venv-ref/bin/python benches/compare_conv.py [--threads 2] [--skip-rust]
 """
@@ -16,7 +18,8 @@ import sys
 
 from compare_keras import ROOT, criterion_median_ms, median_ms, speed_verdict  # same folder
 
-LAYERS = [(5, 32, 128), (32, 64, 64), (64, 128, 32), (128, 256, 16)]  # as in conv_layers.rs
+LAYERS = [(4, 32, 128), (32, 64, 64), (64, 128, 32), (128, 256, 16)]  # as in conv_layers.rs
+TRANSPOSED_LAYERS = [(256, 128, 8), (128, 64, 16), (64, 32, 32), (32, 3, 64)]  # the generator's
 BATCH = 32
 OPS = ("forward", "input_grad", "weight_grad", "forward_backward")
 
@@ -45,6 +48,12 @@ def time_torch(runs: int) -> dict[tuple[str, str], float]:
                 medians[(op, label)] = median_ms(call, runs, warmup=2)
         for op, call in calls_grad.items():
             medians[(op, label)] = median_ms(call, runs, warmup=2)
+    for cin, cout, size in TRANSPOSED_LAYERS:
+        x = torch.randn(BATCH, cin, size, size)
+        w = torch.randn(cin, cout, 4, 4)
+        with torch.no_grad():
+            medians[("transposed", f"{cin}-{cout}@{size}")] = median_ms(
+                lambda: F.conv_transpose2d(x, w, stride=2, padding=1), runs, warmup=2)
     return medians
 
 
@@ -63,17 +72,26 @@ def main() -> int:
         env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
         subprocess.run(["cargo", "bench", "-p", "avatar-core", "--bench", "conv_layers"],
                        check=True, cwd=ROOT, env=env)
-    rows = ["| layer (batch 32) | operation | PyTorch (ms) | ours (ms) | ours vs PyTorch | ours, gemm rewrite (ms) |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| layer (batch 32) | operation | PyTorch (ms) | burn flex (ms) | flex vs PyTorch "
+            "| ours, gemm_conv (ms) | gemm_conv vs PyTorch |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for cin, cout, size in LAYERS:
         label = f"{cin}-{cout}@{size}"
         for op in OPS:
             t = theirs[(op, label)]
             ours = criterion_median_ms("discriminator_conv", op, label)
             verdict = speed_verdict(t, ours)
-            rewrite = (f"{criterion_median_ms('discriminator_conv', 'gemm_' + op, label):.1f}"
-                       if op in ("forward", "forward_backward") else "")
-            rows.append(f"| {label} | {op} | {t:.1f} | {ours:.1f} | {verdict} | {rewrite} |")
+            gemm, gemm_verdict = "", ""
+            if op != "input_grad":  # gemm_conv takes flex's own input gradient
+                g = criterion_median_ms("discriminator_conv", "gemm_" + op, label)
+                gemm, gemm_verdict = f"{g:.1f}", speed_verdict(t, g)
+            rows.append(f"| {label} | {op} | {t:.1f} | {ours:.1f} | {verdict} | {gemm} | {gemm_verdict} |")
+    for cin, cout, size in TRANSPOSED_LAYERS:
+        label = f"{cin}-{cout}@{size}"
+        t = theirs[("transposed", label)]
+        ours = criterion_median_ms("generator_conv_transpose", "forward", label)
+        rows.append(f"| {label} (generator) | conv_transpose2d | {t:.1f} | {ours:.1f} | "
+                    f"{speed_verdict(t, ours)} | (flex's) | |")
     print(f"\nPyTorch {torch.__version__} eager, {a.threads} threads; ours: burn 0.22.1 flex (release), "
           f"RAYON_NUM_THREADS={a.threads}. Medians.\n")
     print("\n".join(rows))

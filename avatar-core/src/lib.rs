@@ -30,6 +30,7 @@ pub mod embedded;
 pub mod error;
 #[cfg(feature = "face-analysis")]
 pub mod face_analysis;
+pub mod gemm_conv;
 mod host;
 pub mod hub;
 pub mod imaging;

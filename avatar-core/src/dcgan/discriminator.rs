@@ -8,7 +8,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::config::base_size;
-use super::small_channels::{conv2d_image, conv2d_with_weight};
+use super::conv_layers::{conv2d_layer, conv2d_with_weight};
 use super::spectral_norm::SpectralNorm;
 use crate::error::Result;
 
@@ -132,7 +132,7 @@ impl Discriminator {
 fn convolve(x: Tensor<4>, conv: &Conv2d, spectral: Option<&SpectralNorm>) -> Tensor<4> {
     match spectral {
         Some(spectral) => conv2d_with_weight(x, conv, spectral.normalise_weight(conv.weight.val())),
-        None => conv2d_image(x, conv),
+        None => conv2d_layer(x, conv),
     }
 }
 

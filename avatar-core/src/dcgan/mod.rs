@@ -1,6 +1,7 @@
 //! DCGAN cartoon-avatar generators: the seed's Keras recipe and our trained transposed models.
 
 mod config;
+mod conv_layers;
 mod discriminator;
 mod generator;
 mod grow;
@@ -8,7 +9,6 @@ mod inference;
 pub mod keras;
 mod keras_import;
 mod keras_upsample;
-mod small_channels;
 mod spectral_norm;
 mod standing_statistics;
 mod transposed;

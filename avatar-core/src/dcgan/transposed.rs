@@ -7,7 +7,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::config::GeneratorConfig;
-use super::small_channels::conv_transpose2d_image;
+use super::conv_layers::conv_transpose2d_layer;
 use crate::activation::tanh;
 use crate::error::Result;
 
@@ -75,8 +75,8 @@ impl TransposedGenerator {
         let [n, z] = latent.dims();
         let mut x = latent.reshape([n, z, 1, 1]);
         for block in &self.blocks {
-            x = relu(block.norm.forward(block.conv.forward(x)));
+            x = relu(block.norm.forward(conv_transpose2d_layer(x, &block.conv)));
         }
-        tanh(conv_transpose2d_image(x, &self.output))
+        tanh(conv_transpose2d_layer(x, &self.output))
     }
 }

@@ -1,0 +1,157 @@
+//! Convolutions for training on the CPU: im2col + one gemm for the passes flex does slowly.
+//!
+//! burn's CPU backend (flex) computes a convolution's weight gradient with burn's generic
+//! formula, a `conv2d` in which the batch is the reduction axis and the whole output gradient is a
+//! dilated kernel; PyTorch computes it as one im2col + gemm, 2-4x faster at DCGAN's shapes
+//! (`benches/RESULTS.md`, session 13). The input gradient of a transposed convolution is a strided
+//! `conv2d`, which flex runs through a scalar gather. Training spends most of its time in these.
+//!
+//! [`conv2d`] and [`conv_transpose2d`] are drop-in replacements for `burn::tensor::module`'s: on
+//! a flex device they run through a burn backend extension ([`GemmConvBackend`]) whose autodiff
+//! implementation computes
+//!
+//! - a `conv2d`'s forward pass and weight gradient as one gemm over an im2col matrix
+//!   `[in_channels * kh * kw, batch * out_h * out_w]`, its input gradient with flex's own
+//!   (transposed convolution, already gemm + col2im);
+//! - a `conv_transpose2d`'s forward pass with flex's own, its input gradient with the im2col
+//!   `conv2d` above and its weight gradient as one gemm against the im2col of the output gradient.
+//!
+//! Every other device (wgpu, CUDA) and every grouped convolution takes burn's own operations, so
+//! model code stays backend-generic and gives the same values everywhere.
+
+mod autodiff;
+mod flex;
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, DispatchDevice, backend_extension};
+use burn::tensor::module;
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::{DType, Device, Tensor};
+
+/// The backend operations behind [`conv2d`] and [`conv_transpose2d`] (no bias: it is added as a
+/// broadcast tensor, whose gradient burn derives).
+#[backend_extension(Flex, Autodiff)]
+pub trait GemmConvBackend: Backend {
+    /// `conv2d(x, weight)` without bias.
+    fn gemm_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, None, options)
+    }
+
+    /// The gradient of [`GemmConvBackend::gemm_conv2d`] with respect to its weight.
+    fn gemm_conv2d_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_weight_backward(x, weight, output_grad, options)
+    }
+
+    /// `conv_transpose2d(x, weight)` without bias.
+    fn gemm_conv_transpose2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv_transpose2d(x, weight, None, options)
+    }
+
+    /// The gradient of [`GemmConvBackend::gemm_conv_transpose2d`] with respect to its weight.
+    fn gemm_conv_transpose2d_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv_transpose2d_weight_backward(x, weight, output_grad, options)
+    }
+}
+
+/// `burn::tensor::module::conv2d`, through [`GemmConvBackend`] on flex devices.
+///
+/// ```
+/// use avatar_core::burn::tensor::{Device, Tensor, ops::ConvOptions};
+/// let device = Device::flex();
+/// let x = Tensor::<4>::ones([1, 2, 4, 4], &device);
+/// let weight = Tensor::<4>::ones([3, 2, 2, 2], &device);
+/// let y = avatar_core::gemm_conv::conv2d(x, weight, None, ConvOptions::new([2, 2], [0, 0], [1, 1], 1));
+/// assert_eq!(y.dims(), [1, 3, 2, 2]);
+/// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![8.0; 12]);
+/// ```
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    let [_, _, kh, kw] = weight.dims();
+    let [_, _, h, w] = x.dims();
+    let fits = [(h, kh), (w, kw)]
+        .into_iter()
+        .zip(options.padding)
+        .zip(options.dilation)
+        .all(|(((size, kernel), (begin, end)), dilation)| {
+            size + begin + end > dilation * (kernel - 1)
+        });
+    if options.groups != 1 || !fits || !takes_gemm_path(&x, &weight) {
+        return module::conv2d(x, weight, bias, options);
+    }
+    let y = Tensor::from_dispatch(<burn::backend::Dispatch as GemmConvBackend>::gemm_conv2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        options,
+    ));
+    add_bias(y, bias)
+}
+
+/// `burn::tensor::module::conv_transpose2d`, through [`GemmConvBackend`] on flex devices
+/// recording gradients (the forward pass alone is flex's own either way).
+pub fn conv_transpose2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvTransposeOptions<2>,
+) -> Tensor<4> {
+    // The input gradient is a `conv2d` landing on the input's size when `padding_out < stride`.
+    let lands = (0..2).all(|axis| options.padding_out[axis] < options.stride[axis]);
+    if options.groups != 1 || !lands || !x.device().is_autodiff() || !takes_gemm_path(&x, &weight) {
+        return module::conv_transpose2d(x, weight, bias, options);
+    }
+    let y = Tensor::from_dispatch(
+        <burn::backend::Dispatch as GemmConvBackend>::gemm_conv_transpose2d(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            options,
+        ),
+    );
+    add_bias(y, bias)
+}
+
+/// f32 tensors on a flex device (with or without autodiff).
+fn takes_gemm_path(x: &Tensor<4>, weight: &Tensor<4>) -> bool {
+    is_flex(&x.device()) && x.dtype() == DType::F32 && weight.dtype() == DType::F32
+}
+
+fn is_flex(device: &Device) -> bool {
+    matches!(
+        device.clone().without_autodiff().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
+}
+
+fn add_bias(y: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
+    match bias {
+        Some(bias) => {
+            let [channels] = bias.dims();
+            y + bias.reshape([1, channels, 1, 1])
+        }
+        None => y,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+//! The gemm path against burn's own convolutions: values and all three gradients.
+
+use burn::tensor::module;
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::{Device, Distribution, Tensor, TensorData, Tolerance};
+
+use super::{conv_transpose2d, conv2d};
+
+/// `(output, d input, d weight, d bias)` of `loss = sum(y^2)`.
+type Gradients = (TensorData, TensorData, TensorData, TensorData);
+
+fn close(ours: &Gradients, burns: &Gradients) {
+    let tolerance = Tolerance::<f32>::absolute(2e-4).set_relative(1e-4);
+    ours.0.assert_approx_eq(&burns.0, tolerance);
+    ours.1.assert_approx_eq(&burns.1, tolerance);
+    ours.2.assert_approx_eq(&burns.2, tolerance);
+    ours.3.assert_approx_eq(&burns.3, tolerance);
+}
+
+fn gradients(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    forward: impl Fn(Tensor<4>, Tensor<4>, Tensor<1>) -> Tensor<4>,
+) -> Gradients {
+    let (x, weight, bias) = (x.require_grad(), weight.require_grad(), bias.require_grad());
+    let y = forward(x.clone(), weight.clone(), bias.clone());
+    let grads = (y.clone() * y.clone()).sum().backward();
+    (
+        y.into_data(),
+        x.grad(&grads).expect("x gradient").into_data(),
+        weight.grad(&grads).expect("weight gradient").into_data(),
+        bias.grad(&grads).expect("bias gradient").into_data(),
+    )
+}
+
+fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+}
+
+#[test]
+fn conv2d_matches_burn_with_gradients() {
+    let device = Device::flex().autodiff();
+    // (batch, in, out, size (h, w), kernel, stride, padding, dilation); then uneven padding
+    let cases = [
+        (3, 4, 8, [16, 16], [4, 4], [2, 2], [1, 1], [1, 1]), // DCGAN discriminator stage
+        (2, 5, 6, [9, 7], [3, 3], [1, 1], [1, 1], [1, 1]),
+        (2, 3, 4, [11, 10], [3, 2], [2, 3], [0, 2], [1, 1]),
+        (1, 2, 3, [12, 12], [3, 3], [1, 2], [2, 1], [2, 2]),
+        (4, 16, 1, [4, 4], [4, 4], [1, 1], [0, 0], [1, 1]), // discriminator output
+    ];
+    let cases = cases.map(|(n, cin, cout, size, kernel, stride, padding, dilation)| {
+        let options = ConvOptions::new(stride, padding, dilation, 1);
+        (n, cin, cout, size, kernel, options)
+    });
+    let uneven = ConvOptions::new_with_padding([2, 1], [(0, 2), (1, 0)], [1, 1], 1);
+    for (n, cin, cout, [h, w], kernel, options) in
+        cases.into_iter().chain([(2, 3, 5, [8, 9], [3, 3], uneven)])
+    {
+        let x = random([n, cin, h, w], &device);
+        let weight = random([cout, cin, kernel[0], kernel[1]], &device);
+        let bias = random([cout], &device);
+        let ours = gradients(x.clone(), weight.clone(), bias.clone(), |x, w, b| {
+            conv2d(x, w, Some(b), options.clone())
+        });
+        let burns = gradients(x, weight, bias, |x, w, b| {
+            module::conv2d(x, w, Some(b), options.clone())
+        });
+        close(&ours, &burns);
+    }
+}
+
+#[test]
+fn conv_transpose2d_matches_burn_with_gradients() {
+    let device = Device::flex().autodiff();
+    // (batch, in, out, size, kernel, stride, padding, output padding, dilation)
+    let cases = [
+        (3, 8, 4, [8, 8], [4, 4], [2, 2], [1, 1], [0, 0], [1, 1]), // DCGAN generator stage
+        (2, 10, 6, [1, 1], [6, 6], [1, 1], [0, 0], [0, 0], [1, 1]), // latent projection
+        (2, 3, 5, [5, 6], [3, 3], [2, 2], [1, 1], [1, 1], [1, 1]),
+        (1, 4, 3, [4, 5], [3, 2], [3, 2], [1, 0], [2, 1], [2, 1]),
+    ];
+    for (n, cin, cout, [h, w], kernel, stride, padding, padding_out, dilation) in cases {
+        let x = random([n, cin, h, w], &device);
+        let weight = random([cin, cout, kernel[0], kernel[1]], &device);
+        let bias = random([cout], &device);
+        let options = ConvTransposeOptions::new(stride, padding, padding_out, dilation, 1);
+        let ours = gradients(x.clone(), weight.clone(), bias.clone(), |x, w, b| {
+            conv_transpose2d(x, w, Some(b), options.clone())
+        });
+        let burns = gradients(x, weight, bias, |x, w, b| {
+            module::conv_transpose2d(x, w, Some(b), options.clone())
+        });
+        close(&ours, &burns);
+    }
+}
+
+#[test]
+fn grouped_and_untracked_convolutions_take_burns_path_with_the_same_values() {
+    let device = Device::flex();
+    let x = random([2, 4, 9, 9], &device);
+    let grouped = ConvOptions::new([2, 2], [1, 1], [1, 1], 2);
+    let weight = random([6, 2, 3, 3], &device);
+    conv2d(x.clone(), weight.clone(), None, grouped.clone())
+        .into_data()
+        .assert_eq(
+            &module::conv2d(x.clone(), weight, None, grouped).into_data(),
+            true,
+        );
+    // No autodiff: the plain forward of both.
+    let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
+    let weight = random([3, 4, 4, 4], &device);
+    conv2d(x.clone(), weight.clone(), None, options.clone())
+        .into_data()
+        .assert_approx_eq::<f32>(
+            &module::conv2d(x.clone(), weight, None, options).into_data(),
+            Tolerance::absolute(1e-4),
+        );
+    let up = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
+    let weight = random([4, 3, 4, 4], &device);
+    conv_transpose2d(x.clone(), weight.clone(), None, up.clone())
+        .into_data()
+        .assert_eq(
+            &module::conv_transpose2d(x, weight, None, up).into_data(),
+            true,
+        );
+}
+
+#[test]
+fn a_frozen_weight_or_input_gets_no_gradient_and_the_other_does() {
+    let device = Device::flex().autodiff();
+    let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
+    let x = random([2, 3, 8, 8], &device).require_grad();
+    let weight = random([4, 3, 4, 4], &device);
+    let grads = conv2d(x.clone(), weight.clone(), None, options.clone())
+        .sum()
+        .backward();
+    assert!(x.grad(&grads).is_some());
+    assert!(weight.grad(&grads).is_none());
+    let weight = weight.require_grad();
+    let x = Tensor::<4>::from_data(x.into_data(), &device);
+    let grads = conv2d(x.clone(), weight.clone(), None, options)
+        .sum()
+        .backward();
+    assert!(weight.grad(&grads).is_some());
+    assert!(x.grad(&grads).is_none());
+}
+
+#[test]
+fn flex_devices_take_the_gemm_path_with_or_without_autodiff() {
+    assert!(super::is_flex(&Device::flex()));
+    assert!(super::is_flex(&Device::flex().autodiff()));
+}
