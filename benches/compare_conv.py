@@ -2,8 +2,9 @@
 """Side-by-side: the discriminator's strided convolutions (k4, stride 2, pad 1, batch 32) in
 PyTorch and in burn flex, one operation at a time (forward, input gradient, weight gradient)
 and under autodiff (forward, then both gradients), and the generator's stride-2 transposed
-convolutions; ours both as burn computes them and through `avatar_core::gemm_conv` (im2col + one
-gemm for the forward pass and the weight gradient; the transposed convolutions are flex's own).
+convolutions; ours both as burn computes them and through `avatar_core::gemm_conv` (im2col +
+gemm, a few images at a time, for the forward pass and the weight gradient; the transposed
+convolutions are flex's own).
 
 Times PyTorch (eager, `torch.nn.grad` for the two gradients), then runs
 `cargo bench -p avatar-core --bench conv_layers` and prints a Markdown table with the ratios

@@ -1,6 +1,6 @@
 //! The discriminator's strided convolutions (k4, stride 2, pad 1, batch 32, the 128 px widths)
 //! on flex, one operation at a time: the forward pass, the input gradient and the weight gradient
-//! as burn computes them, and the same through `avatar_core::gemm_conv` (im2col + one gemm for
+//! as burn computes them, and the same through `avatar_core::gemm_conv` (im2col + gemm for
 //! the forward pass and the weight gradient); then both under autodiff (forward, then both
 //! gradients), as a training step runs them. Then the generator's stride-2 transposed
 //! convolutions (flex's own; `gemm_conv` keeps them).

@@ -1,4 +1,5 @@
-//! The flex implementation: an im2col written for NCHW f32 input, and flex's own gemm.
+//! The flex implementation: an im2col written for NCHW f32 input, and flex's own gemm, a few
+//! images at a time so that each group's im2col matrix stays in cache.
 
 use burn::backend::Flex;
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
@@ -14,18 +15,35 @@ impl GemmConvBackend for Flex {
         if !is_f32(&[&x, &weight]) || options.groups != 1 {
             return <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d(x, weight, None, options);
         }
-        let [n, ..] = dims(&x);
+        let [n, channels, h, w] = dims(&x);
         let [out_channels, _, kh, kw] = dims(&weight);
-        let columns = Im2col::conv2d(&x, [kh, kw], &options);
-        let [out_h, out_w] = columns.out;
-        // [O, C kh kw] x [C kh kw, N oh ow] -> [O, N, oh, ow] -> [N, O, oh, ow]
-        let y = matmul(
-            matrix(weight, [out_channels, columns.rows()]),
-            columns.into_tensor(),
-        );
-        y.reshape(Shape::new([out_channels, n, out_h, out_w]))
-            .permute(&[1, 0, 2, 3])
-            .to_contiguous()
+        let patches = Patches::conv2d([h, w], [kh, kw], &options);
+        let [out_h, out_w] = patches.out;
+        let plane = out_h * out_w;
+        let rows = channels * kh * kw;
+        let weight = matrix(weight, [out_channels, rows]);
+        let x = x.to_contiguous();
+        let x: &[f32] = x.as_slice().expect("contiguous f32");
+        let group = images_per_group(rows * plane, n);
+        let mut output = vec![0.0f32; n * out_channels * plane];
+        output
+            .par_chunks_mut(group * out_channels * plane)
+            .enumerate()
+            .for_each(|(index, output)| {
+                let count = output.len() / (out_channels * plane);
+                let images = &x[index * group * channels * h * w..][..count * channels * h * w];
+                // [O, C kh kw] x [C kh kw, images oh ow] -> [O, images, oh, ow]
+                let y = matmul(
+                    weight.clone(),
+                    patches.im2col(images, [count, channels, h, w]),
+                );
+                let y: &[f32] = y.as_slice().expect("contiguous f32");
+                for (image_channel, output) in output.chunks_mut(plane).enumerate() {
+                    let (b, o) = (image_channel / out_channels, image_channel % out_channels);
+                    output.copy_from_slice(&y[(o * count + b) * plane..][..plane]);
+                }
+            });
+        FlexTensor::from_data(TensorData::new(output, [n, out_channels, out_h, out_w]))
     }
 
     fn gemm_conv2d_weight_backward(
@@ -43,10 +61,11 @@ impl GemmConvBackend for Flex {
             );
         }
         let shape = dims(&weight);
-        let columns = Im2col::conv2d(&x, [shape[2], shape[3]], &options);
+        let [_, _, h, w] = dims(&x);
+        let patches = Patches::conv2d([h, w], [shape[2], shape[3]], &options);
         // ([C kh kw, N oh ow] x [N oh ow, O])^T -> [O, C kh kw]
-        let grad = channels_last(output_grad);
-        transposed(matmul_split_inner(columns.into_tensor(), grad)).reshape(Shape::new(shape))
+        let gradient = patches.weight_gradient(x, output_grad);
+        transposed(gradient).reshape(Shape::new(shape))
     }
 
     fn gemm_conv_transpose2d(
@@ -76,59 +95,97 @@ impl GemmConvBackend for Flex {
         let shape = dims(&weight);
         let [_, _, kh, kw] = shape;
         let [_, _, in_h, in_w] = dims(&x);
-        let columns = Im2col::new(
-            &output_grad,
-            [kh, kw],
-            [in_h, in_w],
-            options.stride,
-            options.padding,
-            options.dilation,
-        );
+        let patches = Patches {
+            kernel: [kh, kw],
+            out: [in_h, in_w],
+            stride: options.stride,
+            padding: options.padding,
+            dilation: options.dilation,
+        };
         // ([O kh kw, N h w] x [N h w, C])^T -> [C, O kh kw]
-        let x = channels_last(x);
-        transposed(matmul_split_inner(columns.into_tensor(), x)).reshape(Shape::new(shape))
+        let gradient = patches.weight_gradient(output_grad, x);
+        transposed(gradient).reshape(Shape::new(shape))
     }
 }
 
-/// The im2col matrix of an NCHW tensor: row `(c, ki, kj)`, column `(n, oy, ox)` holds
-/// `x[n, c, oy * stride + ki * dilation - padding, ox * stride + kj * dilation - padding]`, zero
-/// outside the image (`padding` is the padding before each axis).
-struct Im2col {
-    data: Vec<f32>,
-    rows: usize,
-    out: [usize; 2],
+/// The most bytes of im2col matrix built at once: a group of images whose matrix stays in a
+/// core's L2 cache while gemm reads it (one image when a single image's is larger).
+const GROUP_BYTES: usize = 1 << 20;
+
+/// The fewest im2col columns (output pixels) a weight gradient's group sums over: a gemm whose
+/// inner dimension is much shorter runs well below its peak, and each group's partial gradient
+/// is summed with the others'.
+const GRADIENT_GROUP_COLUMNS: usize = 1024;
+
+/// How many images go in one group, when one image's im2col matrix holds `elements` values.
+fn images_per_group(elements: usize, images: usize) -> usize {
+    (GROUP_BYTES / (elements * std::mem::size_of::<f32>()).max(1)).clamp(1, images.max(1))
 }
 
-impl Im2col {
-    /// The columns a `conv2d` with these options reads.
-    fn conv2d(x: &FlexTensor, kernel: [usize; 2], options: &ConvOptions<2>) -> Self {
-        let [_, _, h, w] = dims(x);
+/// The patches a convolution reads: output pixel `(oy, ox)`, kernel tap `(ki, kj)` reads input
+/// pixel `(oy * stride + ki * dilation - padding, ox * stride + kj * dilation - padding)`, zero
+/// outside the image (`padding` is the padding before each axis).
+struct Patches {
+    kernel: [usize; 2],
+    out: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+}
+
+impl Patches {
+    /// The patches a `conv2d` with these options reads from an `[h, w]` image.
+    fn conv2d([h, w]: [usize; 2], kernel: [usize; 2], options: &ConvOptions<2>) -> Self {
         let out = [0, 1].map(|axis| {
             let (begin, end) = options.padding[axis];
             let span = options.dilation[axis] * (kernel[axis] - 1) + 1;
             ([h, w][axis] + begin + end - span) / options.stride[axis] + 1
         });
-        Self::new(
-            x,
+        Self {
             kernel,
             out,
-            options.stride,
-            options.padding.map(|(begin, _)| begin),
-            options.dilation,
-        )
+            stride: options.stride,
+            padding: options.padding.map(|(begin, _)| begin),
+            dilation: options.dilation,
+        }
     }
 
-    fn new(
-        x: &FlexTensor,
-        [kh, kw]: [usize; 2],
-        [out_h, out_w]: [usize; 2],
-        [sh, sw]: [usize; 2],
-        [ph, pw]: [usize; 2],
-        [dh, dw]: [usize; 2],
-    ) -> Self {
-        let [n, channels, h, w] = dims(x);
+    /// `columns [C kh kw, N oh ow] x rhs [N oh ow, K]` -> `[C kh kw, K]`, the columns being the
+    /// im2col matrix of `x [N, C, h, w]` and `rhs` the NHWC matrix of `other [N, K, oh, ow]`:
+    /// a weight gradient, summed over the batch group by group.
+    fn weight_gradient(&self, x: FlexTensor, other: FlexTensor) -> FlexTensor {
+        let [n, channels, h, w] = dims(&x);
+        let [kh, kw] = self.kernel;
+        let plane = self.out[0] * self.out[1];
+        let rows = channels * kh * kw;
+        let other = channels_last(other);
+        let inner = other.layout().shape()[1];
         let x = x.to_contiguous();
         let x: &[f32] = x.as_slice().expect("contiguous f32");
+        let group = images_per_group(rows * plane, n)
+            .max(GRADIENT_GROUP_COLUMNS.div_ceil(plane.max(1)))
+            .min(n.max(1));
+        let sum = (0..n.div_ceil(group))
+            .into_par_iter()
+            .map(|index| {
+                let (first, count) = (index * group, group.min(n - index * group));
+                let images = &x[first * channels * h * w..][..count * channels * h * w];
+                let columns = self.im2col(images, [count, channels, h, w]);
+                let partial = matmul(columns, other.narrow(0, first * plane, count * plane));
+                partial.as_slice::<f32>().expect("contiguous f32").to_vec()
+            })
+            .reduce_with(|mut sum, partial| {
+                sum.iter_mut().zip(&partial).for_each(|(s, p)| *s += p);
+                sum
+            })
+            .unwrap_or_else(|| vec![0.0; rows * inner]);
+        FlexTensor::from_data(TensorData::new(sum, [rows, inner]))
+    }
+
+    /// The im2col matrix of `x`, `count` NCHW images: row `(c, ki, kj)`, column `(n, oy, ox)`.
+    fn im2col(&self, x: &[f32], [n, channels, h, w]: [usize; 4]) -> FlexTensor {
+        let ([kh, kw], [out_h, out_w]) = (self.kernel, self.out);
+        let ([sh, sw], [ph, pw], [dh, dw]) = (self.stride, self.padding, self.dilation);
         // Each image row split into its `sw` phases (`ix % sw`), so that every row segment of the
         // matrix below is one contiguous copy instead of a strided gather.
         let phase_len = w.div_ceil(sw);
@@ -172,52 +229,8 @@ impl Im2col {
                     }
                 }
             });
-        Self {
-            data,
-            rows,
-            out: [out_h, out_w],
-        }
+        FlexTensor::from_data(TensorData::new(data, [rows, columns]))
     }
-
-    fn rows(&self) -> usize {
-        self.rows
-    }
-
-    fn columns(&self) -> usize {
-        self.data.len() / self.rows
-    }
-
-    fn into_tensor(self) -> FlexTensor {
-        let columns = self.columns();
-        FlexTensor::from_data(TensorData::new(self.data, [self.rows, columns]))
-    }
-}
-
-/// `lhs [M, K] x rhs [K, N]` for a long `K` (a weight gradient sums over every output pixel of
-/// the batch) and a small `M x N`: gemm parallelises over the output, so each thread takes a slice
-/// of `K` and the partial products are added.
-fn matmul_split_inner(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
-    let inner = lhs.layout().shape()[1];
-    let parts = rayon::current_num_threads().min(inner / 4096).max(1);
-    if parts == 1 {
-        return matmul(lhs, rhs);
-    }
-    let [m, n] = [lhs.layout().shape()[0], rhs.layout().shape()[1]];
-    let chunk = inner.div_ceil(parts);
-    let partials: Vec<FlexTensor> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            let start = part * chunk;
-            let len = chunk.min(inner - start);
-            matmul(lhs.narrow(1, start, len), rhs.narrow(0, start, len))
-        })
-        .collect();
-    let mut sum = vec![0.0f32; m * n];
-    for partial in &partials {
-        let partial: &[f32] = partial.as_slice().expect("contiguous f32");
-        sum.iter_mut().zip(partial).for_each(|(s, p)| *s += p);
-    }
-    FlexTensor::from_data(TensorData::new(sum, [m, n]))
 }
 
 /// `[N, C, h, w]` -> `[N h w, C]` (contiguous), the right-hand side of a weight gradient: gemm

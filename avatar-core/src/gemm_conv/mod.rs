@@ -1,4 +1,4 @@
-//! Convolutions for training on the CPU: im2col + one gemm for the passes flex does slowly.
+//! Convolutions for training on the CPU: im2col + gemm for the passes flex does slowly.
 //!
 //! burn's CPU backend (flex) computes a convolution's weight gradient with burn's generic
 //! formula, a `conv2d` in which the batch is the reduction axis and the whole output gradient is a
@@ -10,11 +10,14 @@
 //! a flex device they run through a burn backend extension ([`GemmConvBackend`]) whose autodiff
 //! implementation computes
 //!
-//! - a `conv2d`'s forward pass and weight gradient as one gemm over an im2col matrix
-//!   `[in_channels * kh * kw, batch * out_h * out_w]`, its input gradient with flex's own
-//!   (transposed convolution, already gemm + col2im);
+//! - a `conv2d`'s forward pass and weight gradient as gemms over im2col matrices
+//!   `[in_channels * kh * kw, images * out_h * out_w]`, a group of images at a time whose matrix
+//!   stays in cache (1 MiB; a weight gradient's groups also span at least 1,024 output pixels, and
+//!   their partial gradients are summed), its input gradient with flex's own (transposed
+//!   convolution, already gemm + col2im);
 //! - a `conv_transpose2d`'s forward pass with flex's own, its input gradient with the im2col
-//!   `conv2d` above and its weight gradient as one gemm against the im2col of the output gradient.
+//!   `conv2d` above and its weight gradient as gemms against the im2col of the output gradient,
+//!   grouped the same way.
 //!
 //! Every other device (wgpu, CUDA) and every grouped convolution takes burn's own operations, so
 //! model code stays backend-generic and gives the same values everywhere.
