@@ -195,8 +195,14 @@ impl Patches {
             .par_chunks_mut(row_len)
             .zip(x.par_chunks(w))
             .for_each(|(target, source)| {
-                for (ix, &value) in source.iter().enumerate() {
-                    target[ix % sw * phase_len + ix / sw] = value;
+                if sw == 1 {
+                    return target.copy_from_slice(source);
+                }
+                // `ix = j * sw + r`, without a division per element.
+                for (j, group) in source.chunks(sw).enumerate() {
+                    for (r, &value) in group.iter().enumerate() {
+                        target[r * phase_len + j] = value;
+                    }
                 }
             });
         let rows = channels * kh * kw;
