@@ -50,24 +50,7 @@ impl<B: Backend + GemmConvBackend, C: CheckpointStrategy> GemmConvBackend for Au
             }
         }
 
-        match GemmConv2d
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let weight_state = prep.checkpoint(&weight);
-                let y =
-                    B::gemm_conv2d(x.into_primitive(), weight.into_primitive(), options.clone());
-                prep.finish((x_state, weight_state, options), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::gemm_conv2d(
-                x.into_primitive(),
-                weight.into_primitive(),
-                options,
-            )),
-        }
+        record::<B, C, _, _>(GemmConv2d, x, weight, options, B::gemm_conv2d)
     }
 
     fn gemm_conv_transpose2d(
@@ -111,26 +94,46 @@ impl<B: Backend + GemmConvBackend, C: CheckpointStrategy> GemmConvBackend for Au
             }
         }
 
-        match GemmConvTranspose2d
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let weight_state = prep.checkpoint(&weight);
-                let y = B::gemm_conv_transpose2d(
-                    x.into_primitive(),
-                    weight.into_primitive(),
-                    options.clone(),
-                );
-                prep.finish((x_state, weight_state, options), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::gemm_conv_transpose2d(
-                x.into_primitive(),
-                weight.into_primitive(),
-                options,
-            )),
+        record::<B, C, _, _>(
+            GemmConvTranspose2d,
+            x,
+            weight,
+            options,
+            B::gemm_conv_transpose2d,
+        )
+    }
+}
+
+/// `forward(x, weight, options)` as an autodiff node whose backward pass is `node`, with both
+/// inputs checkpointed for it when either needs a gradient.
+fn record<B, C, N, O>(
+    node: N,
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    options: O,
+    forward: fn(FloatTensor<B>, FloatTensor<B>, O) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend,
+    C: CheckpointStrategy,
+    N: Backward<B, 2, State = (NodeId, NodeId, O)>,
+    O: Clone + Send + std::fmt::Debug + 'static,
+{
+    match node
+        .prepare::<C>([x.node(), weight.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let x_state = prep.checkpoint(&x);
+            let weight_state = prep.checkpoint(&weight);
+            let y = forward(x.into_primitive(), weight.into_primitive(), options.clone());
+            prep.finish((x_state, weight_state, options), y)
         }
+        OpsKind::UnTracked(prep) => prep.finish(forward(
+            x.into_primitive(),
+            weight.into_primitive(),
+            options,
+        )),
     }
 }

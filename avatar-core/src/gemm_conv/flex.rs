@@ -1,6 +1,8 @@
 //! The flex implementation: an im2col written for NCHW f32 input, and flex's own gemm, a few
 //! images at a time so that each group's im2col matrix stays in cache.
 
+use std::ops::Range;
+
 use burn::backend::Flex;
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{DType, Shape, TensorData};
@@ -31,12 +33,9 @@ impl GemmConvBackend for Flex {
             .enumerate()
             .for_each(|(index, output)| {
                 let count = output.len() / (out_channels * plane);
-                let images = &x[index * group * channels * h * w..][..count * channels * h * w];
+                let images = index * group..index * group + count;
                 // [O, C kh kw] x [C kh kw, images oh ow] -> [O, images, oh, ow]
-                let y = matmul(
-                    weight.clone(),
-                    patches.im2col(images, [count, channels, h, w]),
-                );
+                let y = matmul(weight.clone(), patches.im2col(x, [channels, h, w], images));
                 let y: &[f32] = y.as_slice().expect("contiguous f32");
                 for (image_channel, output) in output.chunks_mut(plane).enumerate() {
                     let (b, o) = (image_channel / out_channels, image_channel % out_channels);
@@ -68,13 +67,7 @@ impl GemmConvBackend for Flex {
         transposed(gradient).reshape(Shape::new(shape))
     }
 
-    fn gemm_conv_transpose2d(
-        x: FlexTensor,
-        weight: FlexTensor,
-        options: ConvTransposeOptions<2>,
-    ) -> FlexTensor {
-        <Flex as burn::backend::ops::ModuleOps<Flex>>::conv_transpose2d(x, weight, None, options)
-    }
+    // `gemm_conv_transpose2d`: the trait's default, flex's own (gemm + col2im per image).
 
     fn gemm_conv_transpose2d_weight_backward(
         x: FlexTensor,
@@ -169,10 +162,9 @@ impl Patches {
             .into_par_iter()
             .map(|index| {
                 let (first, count) = (index * group, group.min(n - index * group));
-                let images = &x[first * channels * h * w..][..count * channels * h * w];
-                let columns = self.im2col(images, [count, channels, h, w]);
+                let columns = self.im2col(x, [channels, h, w], first..first + count);
                 let partial = matmul(columns, other.narrow(0, first * plane, count * plane));
-                partial.as_slice::<f32>().expect("contiguous f32").to_vec()
+                partial.into_data().try_into_vec::<f32>().expect("f32")
             })
             .reduce_with(|mut sum, partial| {
                 sum.iter_mut().zip(&partial).for_each(|(s, p)| *s += p);
@@ -182,8 +174,12 @@ impl Patches {
         FlexTensor::from_data(TensorData::new(sum, [rows, inner]))
     }
 
-    /// The im2col matrix of `x`, `count` NCHW images: row `(c, ki, kj)`, column `(n, oy, ox)`.
-    fn im2col(&self, x: &[f32], [n, channels, h, w]: [usize; 4]) -> FlexTensor {
+    /// The im2col matrix of `images` of the NCHW batch `x`: row `(c, ki, kj)`, column
+    /// `(n, oy, ox)`.
+    fn im2col(&self, x: &[f32], [channels, h, w]: [usize; 3], images: Range<usize>) -> FlexTensor {
+        let image_len = channels * h * w;
+        let x = &x[images.start * image_len..images.end * image_len];
+        let n = images.len();
         let ([kh, kw], [out_h, out_w]) = (self.kernel, self.out);
         let ([sh, sw], [ph, pw], [dh, dw]) = (self.stride, self.padding, self.dilation);
         // Each image row split into its `sw` phases (`ix % sw`), so that every row segment of the
