@@ -3,7 +3,8 @@
 //! as burn computes them, and the same through `avatar_core::gemm_conv` (im2col + gemm for
 //! the forward pass and the weight gradient); then both under autodiff (forward, then both
 //! gradients), as a training step runs them. Then the generator's stride-2 transposed
-//! convolutions (flex's own; `gemm_conv` keeps them).
+//! convolutions (flex's own; `gemm_conv` keeps them). Last, the stride-1 3x3 convolutions of
+//! Stable Diffusion's UNet and VAE decoder and of the VQGAN decoder, flex's and `gemm_conv`'s.
 //!
 //! `cargo bench -p avatar-core --bench conv_layers` (`benches/compare_conv.py` times the same
 //! operations in PyTorch and prints both).
@@ -136,5 +137,81 @@ fn transposed_convolutions(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, strided_convolutions, transposed_convolutions);
+/// The stride-1 3x3 convolutions of Stable Diffusion 1.5's UNet (batch 2, a 32x32 latent) and
+/// VAE decoder (batch 1, 64x64 latent -> 512 px), forward only: batch, channels, size.
+const DIFFUSION_LAYERS: [(usize, usize, usize); 8] = [
+    (2, 320, 32),
+    (2, 640, 16),
+    (2, 1280, 8),
+    (2, 1280, 4),
+    (1, 512, 64),
+    (1, 512, 128),
+    (1, 256, 256),
+    (1, 128, 512),
+];
+
+/// The VQGAN decoder's stride-1 3x3 convolutions at 256 px (batch 1), forward and under
+/// autodiff (VQGAN+CLIP differentiates through the decoder every iteration).
+const VQGAN_LAYERS: [(usize, usize, usize); 3] = [(1, 512, 16), (1, 256, 64), (1, 128, 256)];
+
+fn same_size_convolutions(c: &mut Criterion) {
+    let device = DeviceSpec::Cpu.device().expect("cpu");
+    let random =
+        |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let mut group = c.benchmark_group("conv3x3");
+    group.sample_size(10);
+    let layers = DIFFUSION_LAYERS.iter().map(|&layer| (layer, false));
+    for ((batch, channels, size), backward) in
+        layers.chain(VQGAN_LAYERS.iter().map(|&layer| (layer, true)))
+    {
+        let label = format!("{batch}x{channels}@{size}");
+        let x = random([batch, channels, size, size]);
+        let weight = random([channels, channels, 3, 3]);
+        let bias = random([1, channels, 1, 1]).reshape([channels]);
+        for (name, gemm) in [("forward", false), ("gemm_forward", true)] {
+            group.bench_function(BenchmarkId::new(name, &label), |b| {
+                b.iter(|| {
+                    let (x, w, bias) = (x.clone(), weight.clone(), Some(bias.clone()));
+                    read_back(if gemm {
+                        gemm_conv::conv2d(x, w, bias, options.clone())
+                    } else {
+                        conv2d(x, w, bias, options.clone())
+                    })
+                })
+            });
+        }
+        if !backward {
+            continue;
+        }
+        let autodiff = device.clone().autodiff();
+        let tracked = |t: Tensor<4>| Tensor::<4>::from_data(t.into_data(), &autodiff);
+        let grad = tracked(random([batch, channels, size, size]));
+        let (x, weight) = (tracked(x), tracked(weight));
+        for (name, gemm) in [("forward_backward", false), ("gemm_forward_backward", true)] {
+            group.bench_function(BenchmarkId::new(name, &label), |b| {
+                b.iter(|| {
+                    let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
+                    let y = if gemm {
+                        gemm_conv::conv2d(x.clone(), weight.clone(), None, options.clone())
+                    } else {
+                        conv2d(x.clone(), weight.clone(), None, options.clone())
+                    };
+                    let grads = (y * grad.clone()).sum().backward();
+                    let input_grad = x.grad(&grads).expect("input gradient");
+                    let weight_grad = weight.grad(&grads).expect("weight gradient");
+                    (read_back(input_grad), read_back(weight_grad))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    strided_convolutions,
+    transposed_convolutions,
+    same_size_convolutions
+);
 criterion_main!(benches);

@@ -134,7 +134,7 @@ fn one_step_learns(config: TrainConfig) {
 #[test]
 fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
     let config = config().with_instance_noise(0.1).with_label_smoothing(0.1);
-    let (resumed, dir, checkpoint) = resume_is_exact(config);
+    let (resumed, dir, checkpoint) = resume_is_exact(config, 0.0);
 
     // A checkpoint written before the loss, spectral-norm and warm-start options existed still
     // resumes.
@@ -183,12 +183,19 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
 #[test]
 fn a_resumed_sn_hinge_run_keeps_its_singular_vectors() {
     // The spectral norms' running singular vectors live in the checkpoint: a resumed run
-    // matches an uninterrupted one exactly.
-    resume_is_exact(sn_hinge_config().with_instance_noise(0.1));
+    // matches an uninterrupted one to float rounding. Not bit for bit: about half the runs of
+    // this test differ by one ulp (1.2e-7) somewhere in the generator, also with a single
+    // rayon thread and with `gemm_conv` switched off, and never without spectral norms (the
+    // test above); the varying sum is inside burn, not found. A lost state moves 1e-4 or more.
+    resume_is_exact(sn_hinge_config().with_instance_noise(0.1), 1e-6);
 }
 
-/// Trains 4 steps straight and 2 + checkpoint + 2 resumed; asserts equal weights.
-fn resume_is_exact(config: TrainConfig) -> (Trainer, tempfile::TempDir, std::path::PathBuf) {
+/// Trains 4 steps straight and 2 + checkpoint + 2 resumed; asserts equal weights (within
+/// `tolerance`).
+fn resume_is_exact(
+    config: TrainConfig,
+    tolerance: f32,
+) -> (Trainer, tempfile::TempDir, std::path::PathBuf) {
     let data = ImageDataset::from_images(discs(8, 16), 4).unwrap();
     let mut straight = Trainer::new(config.clone(), &Device::flex()).unwrap();
     for _ in 0..4 {
@@ -217,8 +224,8 @@ fn resume_is_exact(config: TrainConfig) -> (Trainer, tempfile::TempDir, std::pat
     );
     // Exact, even with many threads and other tests drawing random numbers meanwhile (the
     // trainer draws its initial weights from its own seeded stream).
-    assert_eq!(diff, 0.0, "generator differs by {diff}");
-    assert_eq!(ema_diff, 0.0, "EMA generator differs by {ema_diff}");
+    assert!(diff <= tolerance, "generator differs by {diff}");
+    assert!(ema_diff <= tolerance, "EMA generator differs by {ema_diff}");
     // A lost state would show: one step more moves the outputs visibly.
     let mut one_more = Trainer::resume(&checkpoint, &Device::flex(), |_| {}).unwrap();
     for _ in 0..3 {

@@ -8,9 +8,9 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::config::base_size;
-use super::conv_layers::{conv2d_layer, conv2d_with_weight};
 use super::spectral_norm::SpectralNorm;
 use crate::error::Result;
+use crate::gemm_conv::{conv2d_layer, conv2d_with_weight};
 
 /// `channels x R x R` image -> one real/fake logit, through 4x4 stride-2 convolutions.
 #[derive(Config, Debug, PartialEq)]

@@ -1,7 +1,6 @@
 //! DCGAN cartoon-avatar generators: the seed's Keras recipe and our trained transposed models.
 
 mod config;
-mod conv_layers;
 mod discriminator;
 mod generator;
 mod grow;

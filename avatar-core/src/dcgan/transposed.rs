@@ -7,9 +7,9 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::config::GeneratorConfig;
-use super::conv_layers::conv_transpose2d_layer;
 use crate::activation::tanh;
 use crate::error::Result;
+use crate::gemm_conv::conv_transpose2d_layer;
 
 /// `ConvTranspose2d -> BatchNorm -> ReLU`.
 #[derive(Module, Debug)]

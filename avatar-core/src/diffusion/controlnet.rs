@@ -22,6 +22,7 @@ use super::unet::{
 use super::weights::{component_weights, load_strict, read_config};
 use crate::activation::silu;
 use crate::error::{AvatarError, Result};
+use crate::gemm_conv::conv2d_layer;
 
 /// The ControlNet-only keys of `config.json` (the rest is read as a [`UNetConfig`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -173,11 +174,11 @@ pub struct ControlNetConditioningEmbedding {
 
 impl ControlNetConditioningEmbedding {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = silu(self.conv_in.forward(x));
+        let mut x = silu(conv2d_layer(x, &self.conv_in));
         for block in &self.blocks {
-            x = silu(block.forward(x));
+            x = silu(conv2d_layer(x, block));
         }
-        self.conv_out.forward(x)
+        conv2d_layer(x, &self.conv_out)
     }
 }
 
@@ -260,7 +261,7 @@ impl ControlNetModel {
         )?;
         let dtype = dtype_of(&self.conv_in.weight);
         let context = context.cast(dtype);
-        let x = self.conv_in.forward(sample.cast(dtype))
+        let x = conv2d_layer(sample.cast(dtype), &self.conv_in)
             + self.controlnet_cond_embedding.forward(cond.cast(dtype));
         let injection = AttentionInjection::default();
         let (x, skips) = down_pass(&self.down_blocks, x, &temb, &context, &injection);
@@ -276,11 +277,11 @@ impl ControlNetModel {
         let down = skips
             .into_iter()
             .zip(&self.controlnet_down_blocks)
-            .map(|(skip, conv)| finish(conv.forward(skip)))
+            .map(|(skip, conv)| finish(conv2d_layer(skip, conv)))
             .collect();
         Ok(ControlResiduals {
             down,
-            mid: finish(self.controlnet_mid_block.forward(mid)),
+            mid: finish(conv2d_layer(mid, &self.controlnet_mid_block)),
         })
     }
 

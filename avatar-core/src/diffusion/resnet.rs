@@ -1,6 +1,7 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`, shared by the VAE and the UNet.
 
 use crate::activation::silu;
+use crate::gemm_conv::conv2d_layer;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -66,14 +67,14 @@ impl ResnetBlock2D {
 
     /// `[B, Cin, H, W] -> [B, Cout, H, W]`; `temb` is `[B, T]` when the block has a projection.
     pub fn forward(&self, x: Tensor<4>, temb: Option<Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut h = conv2d_layer(silu(self.norm1.forward(x.clone())), &self.conv1);
         if let (Some(projection), Some(temb)) = (&self.time_emb_proj, temb) {
             let [b, c] = [h.dims()[0], h.dims()[1]];
             h = h + projection.forward(silu(temb)).reshape([b, c, 1, 1]);
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = conv2d_layer(silu(self.norm2.forward(h)), &self.conv2);
         let x = match &self.conv_shortcut {
-            Some(shortcut) => shortcut.forward(x),
+            Some(shortcut) => conv2d_layer(x, shortcut),
             None => x,
         };
         x + h
@@ -109,7 +110,7 @@ impl Downsample2D {
 
     /// `[B, C, H, W] -> [B, C, H/2, W/2]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+        conv2d_layer(x, &self.conv)
     }
 }
 
@@ -142,6 +143,6 @@ impl Upsample2D {
             x,
             InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([height, width]),
         );
-        self.conv.forward(up)
+        conv2d_layer(up, &self.conv)
     }
 }

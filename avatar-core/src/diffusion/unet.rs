@@ -20,6 +20,7 @@ use super::transformer_2d::{BasicTransformerBlock, Transformer2DModel};
 use super::weights::{KeyMap, component_weights, load_strict, load_strict_bytes, read_config};
 use crate::activation::silu;
 use crate::error::{AvatarError, Result};
+use crate::gemm_conv::conv2d_layer;
 
 /// A config value given once for all blocks or once per block.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -647,7 +648,7 @@ impl UNet2DConditionModel {
         // Inputs in the weights' dtype (see `precision`); the prediction is returned as f32.
         let dtype = dtype_of(&self.conv_in.weight);
         let context = context.cast(dtype);
-        let x = self.conv_in.forward(sample.cast(dtype));
+        let x = conv2d_layer(sample.cast(dtype), &self.conv_in);
         let (x, mut skips) = down_pass(&self.down_blocks, x, &temb, &context, injection);
         if let Some(control) = control {
             if control.down.len() != skips.len() {
@@ -689,8 +690,9 @@ impl UNet2DConditionModel {
                 };
             }
         }
-        Ok(to_f32(
-            self.conv_out.forward(silu(self.conv_norm_out.forward(x))),
-        ))
+        Ok(to_f32(conv2d_layer(
+            silu(self.conv_norm_out.forward(x)),
+            &self.conv_out,
+        )))
     }
 }

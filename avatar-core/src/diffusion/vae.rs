@@ -17,6 +17,7 @@ use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv1x1, conv3x3, g
 use super::weights::{KeyMap, component_weights, load_strict, load_strict_bytes, read_config};
 use crate::activation::silu;
 use crate::error::{AvatarError, Result};
+use crate::gemm_conv::conv2d_layer;
 
 /// GroupNorm epsilon of the VAE (diffusers hard-codes 1e-6).
 const VAE_NORM_EPS: f64 = 1e-6;
@@ -303,7 +304,7 @@ pub struct Encoder {
 impl Encoder {
     /// `[B, 3, H, W] -> [B, 2L, H/f, W/f]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = self.conv_in.forward(x);
+        let mut x = conv2d_layer(x, &self.conv_in);
         for block in &self.down_blocks {
             for resnet in &block.resnets {
                 x = resnet.forward(x, None);
@@ -313,7 +314,7 @@ impl Encoder {
             }
         }
         let x = self.mid_block.forward(x);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        conv2d_layer(silu(self.conv_norm_out.forward(x)), &self.conv_out)
     }
 }
 
@@ -335,7 +336,7 @@ pub struct Decoder {
 impl Decoder {
     /// `[B, L, h, w] -> [B, 3, h*f, w*f]`.
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let mut x = self.mid_block.forward(self.conv_in.forward(z));
+        let mut x = self.mid_block.forward(conv2d_layer(z, &self.conv_in));
         for block in &self.up_blocks {
             for resnet in &block.resnets {
                 x = resnet.forward(x, None);
@@ -344,7 +345,7 @@ impl Decoder {
                 x = up.forward(x);
             }
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        conv2d_layer(silu(self.conv_norm_out.forward(x)), &self.conv_out)
     }
 }
 
@@ -485,7 +486,7 @@ impl AutoencoderKL {
         let images = images.cast(dtype_of(&self.encoder.conv_in.weight));
         let mut moments = self.encoder.forward(images);
         if let Some(conv) = &self.quant_conv {
-            moments = conv.forward(moments);
+            moments = conv2d_layer(moments, conv);
         }
         let moments = to_f32(moments);
         let [b, c, h, w] = moments.dims();
@@ -506,7 +507,7 @@ impl AutoencoderKL {
     fn decode_in_dtype(&self, latents: Tensor<4>) -> Tensor<4> {
         let latents = latents.cast(dtype_of(&self.decoder.conv_in.weight));
         let z = match &self.post_quant_conv {
-            Some(conv) => conv.forward(latents),
+            Some(conv) => conv2d_layer(latents, conv),
             None => latents,
         };
         self.decoder.forward(z)

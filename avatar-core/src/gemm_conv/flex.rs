@@ -1,6 +1,7 @@
 //! The flex implementation: an im2col written for NCHW f32 input, and flex's own gemm, a few
 //! images at a time so that each group's im2col matrix stays in cache.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use burn::backend::Flex;
@@ -26,22 +27,58 @@ impl GemmConvBackend for Flex {
         let weight = matrix(weight, [out_channels, rows]);
         let x = x.to_contiguous();
         let x: &[f32] = x.as_slice().expect("contiguous f32");
-        let group = images_per_group(rows * plane, n);
+        let dims = [channels, h, w];
         let mut output = vec![0.0f32; n * out_channels * plane];
-        output
-            .par_chunks_mut(group * out_channels * plane)
-            .enumerate()
-            .for_each(|(index, output)| {
-                let count = output.len() / (out_channels * plane);
-                let images = index * group..index * group + count;
-                // [O, C kh kw] x [C kh kw, images oh ow] -> [O, images, oh, ow]
-                let y = matmul(weight.clone(), patches.im2col(x, [channels, h, w], images));
-                let y: &[f32] = y.as_slice().expect("contiguous f32");
-                for (image_channel, output) in output.chunks_mut(plane).enumerate() {
-                    let (b, o) = (image_channel / out_channels, image_channel % out_channels);
-                    output.copy_from_slice(&y[(o * count + b) * plane..][..plane]);
+        if rows * plane * std::mem::size_of::<f32>() <= BAND_BYTES {
+            let group = images_per_group(rows * plane, n);
+            output
+                .par_chunks_mut(group * out_channels * plane)
+                .enumerate()
+                .for_each(|(index, output)| {
+                    let count = output.len() / (out_channels * plane);
+                    let images = index * group..index * group + count;
+                    let phases = PhaseRows::new(x, dims, images, options.stride[1]);
+                    // [O, C kh kw] x [C kh kw, images oh ow] -> [O, images, oh, ow]
+                    let y = matmul(weight.clone(), patches.im2col(&phases, 0..out_h));
+                    let y: &[f32] = y.as_slice().expect("contiguous f32");
+                    for (image_channel, output) in output.chunks_mut(plane).enumerate() {
+                        let (b, o) = (image_channel / out_channels, image_channel % out_channels);
+                        output.copy_from_slice(&y[(o * count + b) * plane..][..plane]);
+                    }
+                });
+        } else {
+            // One image's matrix would not fit in cache nor comfortably in memory (a VAE's
+            // 512 px layers): bands of output rows, each its own gemm, in parallel.
+            let band = (BAND_COLUMNS / out_w).clamp(1, out_h);
+            let bands_per_image = out_h.div_ceil(band);
+            // Each band's slice of every output channel, gathered per band.
+            let mut slices: Vec<Vec<&mut [f32]>> = (0..n * bands_per_image)
+                .map(|_| Vec::with_capacity(out_channels))
+                .collect();
+            for (image_channel, plane_out) in output.chunks_mut(plane).enumerate() {
+                let b = image_channel / out_channels;
+                for (index, slice) in plane_out.chunks_mut(band * out_w).enumerate() {
+                    slices[b * bands_per_image + index].push(slice);
                 }
-            });
+            }
+            let phases: Vec<PhaseRows> = (0..n)
+                .map(|b| PhaseRows::new(x, dims, b..b + 1, options.stride[1]))
+                .collect();
+            slices
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(index, slices)| {
+                    let (b, first) = (index / bands_per_image, index % bands_per_image * band);
+                    let out_rows = first..(first + band).min(out_h);
+                    let columns = out_rows.len() * out_w;
+                    // [O, C kh kw] x [C kh kw, band ow] -> [O, band, ow]
+                    let y = matmul(weight.clone(), patches.im2col(&phases[b], out_rows));
+                    let y: &[f32] = y.as_slice().expect("contiguous f32");
+                    for (slice, y) in slices.into_iter().zip(y.chunks(columns)) {
+                        slice.copy_from_slice(y);
+                    }
+                });
+        }
         FlexTensor::from_data(TensorData::new(output, [n, out_channels, out_h, out_w]))
     }
 
@@ -105,6 +142,14 @@ impl GemmConvBackend for Flex {
 /// core's L2 cache while gemm reads it (one image when a single image's is larger).
 const GROUP_BYTES: usize = 1 << 20;
 
+/// The largest im2col matrix of one image built whole; above it, bands of [`BAND_COLUMNS`]
+/// output pixels.
+const BAND_BYTES: usize = 8 << 20;
+
+/// About how many output pixels (im2col columns) one band holds (256-2,048 measured at SD's
+/// VAE shapes: 512 was best, within this machine's noise).
+const BAND_COLUMNS: usize = 512;
+
 /// The fewest im2col columns (output pixels) a weight gradient's group sums over: a gemm whose
 /// inner dimension is much shorter runs well below its peak, and each group's partial gradient
 /// is summed with the others'.
@@ -158,15 +203,22 @@ impl Patches {
         let group = images_per_group(rows * plane, n)
             .max(GRADIENT_GROUP_COLUMNS.div_ceil(plane.max(1)))
             .min(n.max(1));
-        let sum = (0..n.div_ceil(group))
+        // Summed in group order after all are computed: a parallel reduction's tree (and so its
+        // rounding) changes with the thread schedule, and a resumed training run must repeat.
+        let partials: Vec<Vec<f32>> = (0..n.div_ceil(group))
             .into_par_iter()
             .map(|index| {
                 let (first, count) = (index * group, group.min(n - index * group));
-                let columns = self.im2col(x, [channels, h, w], first..first + count);
+                let phases =
+                    PhaseRows::new(x, [channels, h, w], first..first + count, self.stride[1]);
+                let columns = self.im2col(&phases, 0..self.out[0]);
                 let partial = matmul(columns, other.narrow(0, first * plane, count * plane));
                 partial.into_data().try_into_vec::<f32>().expect("f32")
             })
-            .reduce_with(|mut sum, partial| {
+            .collect();
+        let sum = partials
+            .into_iter()
+            .reduce(|mut sum, partial| {
                 sum.iter_mut().zip(&partial).for_each(|(s, p)| *s += p);
                 sum
             })
@@ -174,35 +226,17 @@ impl Patches {
         FlexTensor::from_data(TensorData::new(sum, [rows, inner]))
     }
 
-    /// The im2col matrix of `images` of the NCHW batch `x`: row `(c, ki, kj)`, column
-    /// `(n, oy, ox)`.
-    fn im2col(&self, x: &[f32], [channels, h, w]: [usize; 3], images: Range<usize>) -> FlexTensor {
-        let image_len = channels * h * w;
-        let x = &x[images.start * image_len..images.end * image_len];
-        let n = images.len();
-        let ([kh, kw], [out_h, out_w]) = (self.kernel, self.out);
+    /// The im2col matrix of output rows `out_rows` of the images in `phases`: row `(c, ki, kj)`,
+    /// column `(n, oy, ox)`.
+    fn im2col(&self, phases: &PhaseRows, out_rows: Range<usize>) -> FlexTensor {
+        let (n, [channels, h, w], phase_len) = (phases.images, phases.dims, phases.phase_len);
+        let ([kh, kw], out_w) = (self.kernel, self.out[1]);
         let ([sh, sw], [ph, pw], [dh, dw]) = (self.stride, self.padding, self.dilation);
-        // Each image row split into its `sw` phases (`ix % sw`), so that every row segment of the
-        // matrix below is one contiguous copy instead of a strided gather.
-        let phase_len = w.div_ceil(sw);
+        debug_assert_eq!(sw, phases.stride);
         let row_len = sw * phase_len;
-        let mut phases = vec![0.0f32; n * channels * h * row_len];
-        phases
-            .par_chunks_mut(row_len)
-            .zip(x.par_chunks(w))
-            .for_each(|(target, source)| {
-                if sw == 1 {
-                    return target.copy_from_slice(source);
-                }
-                // `ix = j * sw + r`, without a division per element.
-                for (j, group) in source.chunks(sw).enumerate() {
-                    for (r, &value) in group.iter().enumerate() {
-                        target[r * phase_len + j] = value;
-                    }
-                }
-            });
         let rows = channels * kh * kw;
-        let columns = n * out_h * out_w;
+        let band = out_rows.len();
+        let columns = n * band * out_w;
         let mut data = vec![0.0f32; rows * columns];
         data.par_chunks_mut(columns)
             .enumerate()
@@ -213,25 +247,71 @@ impl Patches {
                 let shift = (kj * dw) as isize - pw as isize;
                 let (r, q) = (shift.rem_euclid(sw as isize), shift.div_euclid(sw as isize));
                 let len = w.saturating_sub(r as usize).div_ceil(sw) as isize;
-                let first = (-q).max(0);
+                let first = (-q).clamp(0, out_w as isize);
                 let last = (len - q).clamp(first, out_w as isize);
                 let (first, last) = (first as usize, last as usize);
                 let from = (first as isize + q) as usize;
                 for b in 0..n {
                     let plane = (b * channels + c) * h;
-                    for oy in 0..out_h {
+                    for (i, oy) in out_rows.clone().enumerate() {
                         let iy = (oy * sh + ki * dh) as isize - ph as isize;
                         if iy < 0 || iy >= h as isize || first == last {
                             continue;
                         }
-                        let phase =
-                            &phases[(plane + iy as usize) * row_len + r as usize * phase_len..];
-                        out[(b * out_h + oy) * out_w..][first..last]
+                        let phase = &phases.data
+                            [(plane + iy as usize) * row_len + r as usize * phase_len..];
+                        out[(b * band + i) * out_w..][first..last]
                             .copy_from_slice(&phase[from..from + last - first]);
                     }
                 }
             });
         FlexTensor::from_data(TensorData::new(data, [rows, columns]))
+    }
+}
+
+/// Images of an NCHW batch with each row split into its `stride` phases (`ix % stride`), so
+/// that every row segment of an im2col matrix is one contiguous copy instead of a strided gather
+/// (stride 1: the images themselves, not copied).
+struct PhaseRows<'a> {
+    data: Cow<'a, [f32]>,
+    images: usize,
+    dims: [usize; 3],
+    stride: usize,
+    phase_len: usize,
+}
+
+impl<'a> PhaseRows<'a> {
+    /// `images` of the batch `x` of `[channels, h, w]` images, split for a column stride `stride`.
+    fn new(x: &'a [f32], dims: [usize; 3], images: Range<usize>, stride: usize) -> Self {
+        let [channels, h, w] = dims;
+        let image_len = channels * h * w;
+        let x = &x[images.start * image_len..images.end * image_len];
+        let phase_len = w.div_ceil(stride);
+        let data = if stride == 1 {
+            Cow::Borrowed(x)
+        } else {
+            let row_len = stride * phase_len;
+            let mut phases = vec![0.0f32; images.len() * channels * h * row_len];
+            phases
+                .par_chunks_mut(row_len)
+                .zip(x.par_chunks(w))
+                .for_each(|(target, source)| {
+                    // `ix = j * stride + r`, without a division per element.
+                    for (j, group) in source.chunks(stride).enumerate() {
+                        for (r, &value) in group.iter().enumerate() {
+                            target[r * phase_len + j] = value;
+                        }
+                    }
+                });
+            Cow::Owned(phases)
+        };
+        Self {
+            data,
+            images: images.len(),
+            dims,
+            stride,
+            phase_len,
+        }
     }
 }
 

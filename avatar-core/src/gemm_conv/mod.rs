@@ -1,29 +1,39 @@
-//! Convolutions for training on the CPU: im2col + gemm for the passes flex does slowly.
+//! Convolutions on the CPU: im2col + gemm for the passes flex does slowly.
 //!
 //! burn's CPU backend (flex) computes a convolution's weight gradient with burn's generic
 //! formula, a `conv2d` in which the batch is the reduction axis and the whole output gradient is a
 //! dilated kernel; PyTorch computes it as one im2col + gemm, 2-4x faster at DCGAN's shapes
 //! (`benches/RESULTS.md`, session 13). The input gradient of a transposed convolution is a strided
-//! `conv2d`, which flex runs through a scalar gather. Training spends most of its time in these.
+//! `conv2d`, which flex runs through a scalar gather. Flex's forward `conv2d` re-lays out the
+//! whole weight and the whole input (to channels-last) on one thread at every call, which costs
+//! more than the gemm itself at Stable Diffusion's 1280-channel 8x8 layers. Training spends most
+//! of its time in these, diffusion and VQGAN decoding a good part.
 //!
-//! [`conv2d`] and [`conv_transpose2d`] are drop-in replacements for `burn::tensor::module`'s: on
-//! a flex device they run through a burn backend extension ([`GemmConvBackend`]) whose autodiff
+//! [`conv2d`] and [`conv_transpose2d`] are drop-in replacements for `burn::tensor::module`'s (and
+//! [`conv2d_layer`] / [`conv_transpose2d_layer`] for burn's modules' `forward`): on a flex device
+//! they run through a burn backend extension ([`GemmConvBackend`]) whose autodiff
 //! implementation computes
 //!
 //! - a `conv2d`'s forward pass and weight gradient as gemms over im2col matrices
 //!   `[in_channels * kh * kw, images * out_h * out_w]`, a group of images at a time whose matrix
 //!   stays in cache (1 MiB; a weight gradient's groups also span at least 1,024 output pixels, and
-//!   their partial gradients are summed), its input gradient with flex's own (transposed
+//!   their partial gradients are summed), or, where one image's matrix exceeds 8 MiB, bands of
+//!   about 512 output pixels in parallel; its input gradient with flex's own (transposed
 //!   convolution, already gemm + col2im);
 //! - a `conv_transpose2d`'s forward pass with flex's own, its input gradient with the im2col
 //!   `conv2d` above and its weight gradient as gemms against the im2col of the output gradient,
 //!   grouped the same way.
 //!
-//! Every other device (wgpu, CUDA) and every grouped convolution takes burn's own operations, so
-//! model code stays backend-generic and gives the same values everywhere.
+//! Every other device (wgpu, CUDA), dtype (f16, bf16) and every grouped convolution takes burn's
+//! own operations, as does a pointwise (1x1, stride 1, unpadded) `conv2d` recording no gradient
+//! (flex multiplies those in place), so model code stays backend-generic and gives the same
+//! values everywhere.
 
 mod autodiff;
 mod flex;
+mod layers;
+
+pub use layers::{conv_transpose2d_layer, conv2d_layer, conv2d_with_weight};
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, DispatchDevice, backend_extension};
@@ -100,7 +110,11 @@ pub fn conv2d(
         .all(|(((size, kernel), (begin, end)), dilation)| {
             size + begin + end > dilation * (kernel - 1)
         });
-    if options.groups != 1 || !fits || !takes_gemm_path(&x, &weight) {
+    let pointwise = [kh, kw] == [1, 1]
+        && options.stride == [1, 1]
+        && options.padding == [(0, 0), (0, 0)]
+        && !x.device().is_autodiff();
+    if options.groups != 1 || !fits || pointwise || !takes_gemm_path(&x, &weight) {
         return module::conv2d(x, weight, bias, options);
     }
     let y = Tensor::from_dispatch(<burn::backend::Dispatch as GemmConvBackend>::gemm_conv2d(

@@ -57,6 +57,8 @@ fn conv2d_matches_burn_with_gradients() {
         (1, 2, 3, [12, 12], [3, 3], [1, 2], [2, 1], [2, 2]),
         (4, 16, 1, [4, 4], [4, 4], [1, 1], [0, 0], [1, 1]), // discriminator output
         (3, 16, 8, [64, 64], [4, 4], [2, 2], [1, 1], [1, 1]), // 1 MiB im2col: a group per image
+        (2, 64, 4, [130, 90], [3, 3], [1, 2], [1, 1], [1, 1]), // 13 MiB per image: bands of rows
+        (2, 3, 4, [4, 5], [3, 3], [1, 1], [8, 8], [8, 8]),  // U²-Net: taps wholly in the padding
     ];
     let cases = cases.map(|(n, cin, cout, size, kernel, stride, padding, dilation)| {
         let options = ConvOptions::new(stride, padding, dilation, 1);

@@ -20,6 +20,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::diffusion::weights::{KeyMap, load_strict_any, tensor_shapes};
 use crate::error::{AvatarError, Result};
+use crate::gemm_conv::conv2d_layer;
 use crate::imaging::resize_bilinear;
 
 /// The eleven stages in forward order with their RSU depth (`None`: the dilated RSU-4F).
@@ -60,7 +61,7 @@ impl RebnConv {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.bn_s1.forward(self.conv_s1.forward(x)))
+        relu(self.bn_s1.forward(conv2d_layer(x, &self.conv_s1)))
     }
 }
 
@@ -444,7 +445,7 @@ impl U2Net {
         let hx3d = self.stage3d.forward(up_cat(hx4d.clone(), &hx3));
         let hx2d = self.stage2d.forward(up_cat(hx3d.clone(), &hx2));
         let hx1d = self.stage1d.forward(up_cat(hx2d.clone(), &hx1));
-        let d1 = self.side1.forward(hx1d);
+        let d1 = conv2d_layer(hx1d, &self.side1);
         let mut sides = vec![d1.clone()];
         for (side, hx) in [
             (&self.side2, hx2d),
@@ -453,9 +454,9 @@ impl U2Net {
             (&self.side5, hx5d),
             (&self.side6, hx6),
         ] {
-            sides.push(upsample_like(side.forward(hx), &d1));
+            sides.push(upsample_like(conv2d_layer(hx, side), &d1));
         }
-        let d0 = self.outconv.forward(Tensor::cat(sides.clone(), 1));
+        let d0 = conv2d_layer(Tensor::cat(sides.clone(), 1), &self.outconv);
         std::iter::once(d0).chain(sides).map(sigmoid).collect()
     }
 }

@@ -22,6 +22,7 @@ use crate::diffusion::resnet::{
 };
 use crate::diffusion::weights::{KeyMap, is_safetensors, load_strict, load_strict_pytorch};
 use crate::error::{AvatarError, Result};
+use crate::gemm_conv::conv2d_layer;
 
 /// taming's `Normalize`: GroupNorm(32, eps 1e-6).
 const GROUPS: usize = 32;
@@ -288,13 +289,13 @@ impl AttnBlock {
         let [b, c, h, w] = x.dims();
         let normed = self.norm.forward(x.clone());
         let tokens = |t: Tensor<4>| t.reshape([b, 1, c, h * w]).swap_dims(2, 3);
-        let q = tokens(self.q.forward(normed.clone()));
-        let k = tokens(self.k.forward(normed.clone()));
-        let v = tokens(self.v.forward(normed));
+        let q = tokens(conv2d_layer(normed.clone(), &self.q));
+        let k = tokens(conv2d_layer(normed.clone(), &self.k));
+        let v = tokens(conv2d_layer(normed, &self.v));
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default())
             .swap_dims(2, 3)
             .reshape([b, c, h, w]);
-        x + self.proj_out.forward(out)
+        x + conv2d_layer(out, &self.proj_out)
     }
 }
 
@@ -372,7 +373,7 @@ pub struct Encoder {
 impl Encoder {
     /// `[B, 3, H, W] -> [B, z_channels, H/f, W/f]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = self.conv_in.forward(x);
+        let mut x = conv2d_layer(x, &self.conv_in);
         for level in &self.down {
             x = blocks_with_attention(&level.block, &level.attn, x);
             if let Some(down) = &level.downsample {
@@ -380,7 +381,7 @@ impl Encoder {
             }
         }
         let x = self.mid.forward(x);
-        self.conv_out.forward(silu(self.norm_out.forward(x)))
+        conv2d_layer(silu(self.norm_out.forward(x)), &self.conv_out)
     }
 }
 
@@ -402,14 +403,14 @@ pub struct Decoder {
 impl Decoder {
     /// `[B, z_channels, h, w] -> [B, 3, h*f, w*f]`.
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let mut x = self.mid.forward(self.conv_in.forward(z));
+        let mut x = self.mid.forward(conv2d_layer(z, &self.conv_in));
         for level in self.up.iter().rev() {
             x = blocks_with_attention(&level.block, &level.attn, x);
             if let Some(up) = &level.upsample {
                 x = up.forward(x);
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(x)))
+        conv2d_layer(silu(self.norm_out.forward(x)), &self.conv_out)
     }
 }
 
@@ -518,7 +519,7 @@ impl VqModel {
     /// Images `[B, 3, H, W]` in [-1, 1] -> the encoder's latent `[B, embed_dim, H/f, W/f]` after
     /// `quant_conv`, before quantisation.
     pub fn encode_unquantized(&self, images: Tensor<4>) -> Tensor<4> {
-        self.quant_conv.forward(self.encoder.forward(images))
+        conv2d_layer(self.encoder.forward(images), &self.quant_conv)
     }
 
     /// Images -> quantised latents and their codebook indices.
@@ -528,6 +529,7 @@ impl VqModel {
 
     /// Latents `[B, embed_dim, h, w]` -> images `[B, 3, h*f, w*f]` in about [-1, 1].
     pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
-        self.decoder.forward(self.post_quant_conv.forward(latents))
+        self.decoder
+            .forward(conv2d_layer(latents, &self.post_quant_conv))
     }
 }

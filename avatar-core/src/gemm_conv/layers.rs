@@ -1,21 +1,20 @@
-//! The DCGAN layers' convolutions through [`crate::gemm_conv`]: on flex, training takes im2col +
-//! gemm for the passes flex's own convolutions run slowly (same values and gradients, tested).
+//! burn's convolution modules run through [`crate::gemm_conv`]: on flex, im2col + gemm for the
+//! passes flex's own convolutions run slowly (same values and gradients, tested).
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::tensor::Tensor;
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
-use crate::gemm_conv;
-
-/// `conv.forward(x)`.
-pub(super) fn conv2d_layer(x: Tensor<4>, conv: &Conv2d) -> Tensor<4> {
+/// `conv.forward(x)`: the layer's weight and bias, padding and options, through
+/// [`super::conv2d`].
+pub fn conv2d_layer(x: Tensor<4>, conv: &Conv2d) -> Tensor<4> {
     conv2d_with_weight(x, conv, conv.weight.val())
 }
 
 /// `conv.forward(x)` computed with `weight` in place of the layer's own (e.g. spectrally
 /// normalised), keeping gradients to both.
-pub(super) fn conv2d_with_weight(x: Tensor<4>, conv: &Conv2d, weight: Tensor<4>) -> Tensor<4> {
+pub fn conv2d_with_weight(x: Tensor<4>, conv: &Conv2d, weight: Tensor<4>) -> Tensor<4> {
     let [_, _, kh, kw] = weight.dims();
     let [_, _, h, w] = x.dims();
     let padding = match conv.padding {
@@ -26,7 +25,7 @@ pub(super) fn conv2d_with_weight(x: Tensor<4>, conv: &Conv2d, weight: Tensor<4>)
             same_padding(w, kw, conv.stride[1], conv.dilation[1]),
         ],
     };
-    gemm_conv::conv2d(
+    super::conv2d(
         x,
         weight,
         conv.bias.as_ref().map(|b| b.val()),
@@ -42,9 +41,9 @@ fn same_padding(size: usize, kernel: usize, stride: usize, dilation: usize) -> (
     (total / 2, total - total / 2)
 }
 
-/// `conv.forward(x)`.
-pub(super) fn conv_transpose2d_layer(x: Tensor<4>, conv: &ConvTranspose2d) -> Tensor<4> {
-    gemm_conv::conv_transpose2d(
+/// `conv.forward(x)`, through [`super::conv_transpose2d`].
+pub fn conv_transpose2d_layer(x: Tensor<4>, conv: &ConvTranspose2d) -> Tensor<4> {
+    super::conv_transpose2d(
         x,
         conv.weight.val(),
         conv.bias.as_ref().map(|b| b.val()),
