@@ -15,7 +15,8 @@ use burn::backend::Dispatch;
 use burn::tensor::module::{conv_transpose2d, conv2d, conv2d_weight_backward};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Distribution, Tensor};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
 
 /// (input channels, output channels, input size).
 const LAYERS: [(usize, usize, usize); 4] =
@@ -24,6 +25,35 @@ const BATCH: usize = 32;
 
 fn read_back(x: Tensor<4>) -> Vec<f32> {
     x.into_data().try_into_vec::<f32>().expect("f32")
+}
+
+/// burn's `conv2d`, then `gemm_conv`'s, under autodiff: the forward pass, then both gradients
+/// of `sum(y * grad)`, as a training step runs them.
+fn bench_forward_backward(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    label: &str,
+    [x, weight, grad]: [Tensor<4>; 3],
+    options: &ConvOptions<2>,
+) {
+    let autodiff = x.device().autodiff();
+    let tracked = |t: Tensor<4>| Tensor::<4>::from_data(t.into_data(), &autodiff);
+    let (x, weight, grad) = (tracked(x), tracked(weight), tracked(grad));
+    for (name, gemm) in [("forward_backward", false), ("gemm_forward_backward", true)] {
+        group.bench_function(BenchmarkId::new(name, label), |b| {
+            b.iter(|| {
+                let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
+                let y = if gemm {
+                    gemm_conv::conv2d(x.clone(), weight.clone(), None, options.clone())
+                } else {
+                    conv2d(x.clone(), weight.clone(), None, options.clone())
+                };
+                let grads = (y * grad.clone()).sum().backward();
+                let input_grad = x.grad(&grads).expect("input gradient");
+                let weight_grad = weight.grad(&grads).expect("weight gradient");
+                (read_back(input_grad), read_back(weight_grad))
+            })
+        });
+    }
 }
 
 fn strided_convolutions(c: &mut Criterion) {
@@ -84,25 +114,7 @@ fn strided_convolutions(c: &mut Criterion) {
                 ))
             })
         });
-        let autodiff = device.clone().autodiff();
-        let tracked = |t: Tensor<4>| Tensor::<4>::from_data(t.into_data(), &autodiff);
-        let (x, weight, grad) = (tracked(x), tracked(weight), tracked(grad));
-        for (name, gemm) in [("forward_backward", false), ("gemm_forward_backward", true)] {
-            group.bench_function(BenchmarkId::new(name, &label), |b| {
-                b.iter(|| {
-                    let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
-                    let y = if gemm {
-                        gemm_conv::conv2d(x.clone(), weight.clone(), None, options.clone())
-                    } else {
-                        conv2d(x.clone(), weight.clone(), None, options.clone())
-                    };
-                    let grads = (y * grad.clone()).sum().backward();
-                    let input_grad = x.grad(&grads).expect("input gradient");
-                    let weight_grad = weight.grad(&grads).expect("weight gradient");
-                    (read_back(input_grad), read_back(weight_grad))
-                })
-            });
-        }
+        bench_forward_backward(&mut group, &label, [x, weight, grad], &options);
     }
     group.finish();
 }
@@ -184,26 +196,8 @@ fn same_size_convolutions(c: &mut Criterion) {
         if !backward {
             continue;
         }
-        let autodiff = device.clone().autodiff();
-        let tracked = |t: Tensor<4>| Tensor::<4>::from_data(t.into_data(), &autodiff);
-        let grad = tracked(random([batch, channels, size, size]));
-        let (x, weight) = (tracked(x), tracked(weight));
-        for (name, gemm) in [("forward_backward", false), ("gemm_forward_backward", true)] {
-            group.bench_function(BenchmarkId::new(name, &label), |b| {
-                b.iter(|| {
-                    let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
-                    let y = if gemm {
-                        gemm_conv::conv2d(x.clone(), weight.clone(), None, options.clone())
-                    } else {
-                        conv2d(x.clone(), weight.clone(), None, options.clone())
-                    };
-                    let grads = (y * grad.clone()).sum().backward();
-                    let input_grad = x.grad(&grads).expect("input gradient");
-                    let weight_grad = weight.grad(&grads).expect("weight gradient");
-                    (read_back(input_grad), read_back(weight_grad))
-                })
-            });
-        }
+        let grad = random([batch, channels, size, size]);
+        bench_forward_backward(&mut group, &label, [x, weight, grad], &options);
     }
     group.finish();
 }
