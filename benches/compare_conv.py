@@ -94,9 +94,10 @@ def main() -> int:
         only = {"all": [], "dcgan": ["--", "discriminator_conv|generator_conv"], "3x3": ["--", "conv3x3"]}
         subprocess.run(["cargo", "bench", "-p", "avatar-core", "--bench", "conv_layers", *only[a.part]],
                        check=True, cwd=ROOT, env=env)
-    rows = ["| layer (batch 32) | operation | PyTorch (ms) | burn flex (ms) | flex vs PyTorch "
-            "| ours, gemm_conv (ms) | gemm_conv vs PyTorch |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    header = ["| operation | PyTorch (ms) | burn flex (ms) | flex vs PyTorch "
+              "| ours, gemm_conv (ms) | gemm_conv vs PyTorch |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| layer (batch 32) " + header[0], header[1]] if a.part != "3x3" else []
     for cin, cout, size in LAYERS if a.part != "3x3" else []:
         label = f"{cin}-{cout}@{size}"
         for op in OPS:
@@ -114,9 +115,8 @@ def main() -> int:
         ours = criterion_median_ms("generator_conv_transpose", "forward", label)
         rows.append(f"| {label} (generator) | conv_transpose2d | {t:.1f} | {ours:.1f} | "
                     f"{speed_verdict(t, ours)} | (flex's) | |")
-    rows += ["", "| layer (3x3, stride 1) | operation | PyTorch (ms) | burn flex (ms) | flex vs PyTorch "
-             "| ours, gemm_conv (ms) | gemm_conv vs PyTorch |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    if a.part != "dcgan":
+        rows += ["", "| layer (3x3, stride 1) " + header[0], header[1]]
     parts_3x3 = ((DIFFUSION_LAYERS, ("forward",)), (VQGAN_LAYERS, ("forward", "forward_backward")))
     for layers, ops in parts_3x3 if a.part != "dcgan" else ():
         for batch, ch, size in layers:
