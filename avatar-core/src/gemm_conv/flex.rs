@@ -37,7 +37,7 @@ impl GemmConvBackend for Flex {
                 .for_each(|(index, output)| {
                     let count = output.len() / (out_channels * plane);
                     let images = index * group..index * group + count;
-                    let phases = PhaseRows::new(x, dims, images, options.stride[1]);
+                    let phases = patches.phase_rows(x, dims, images);
                     // [O, C kh kw] x [C kh kw, images oh ow] -> [O, images, oh, ow]
                     let y = matmul(weight.clone(), patches.im2col(&phases, 0..out_h));
                     let y: &[f32] = y.as_slice().expect("contiguous f32");
@@ -62,7 +62,7 @@ impl GemmConvBackend for Flex {
                 }
             }
             let phases: Vec<PhaseRows> = (0..n)
-                .map(|b| PhaseRows::new(x, dims, b..b + 1, options.stride[1]))
+                .map(|b| patches.phase_rows(x, dims, b..b + 1))
                 .collect();
             slices
                 .into_par_iter()
@@ -209,8 +209,7 @@ impl Patches {
             .into_par_iter()
             .map(|index| {
                 let (first, count) = (index * group, group.min(n - index * group));
-                let phases =
-                    PhaseRows::new(x, [channels, h, w], first..first + count, self.stride[1]);
+                let phases = self.phase_rows(x, [channels, h, w], first..first + count);
                 let columns = self.im2col(&phases, 0..self.out[0]);
                 let partial = matmul(columns, other.narrow(0, first * plane, count * plane));
                 partial.into_data().try_into_vec::<f32>().expect("f32")
@@ -232,7 +231,6 @@ impl Patches {
         let (n, [channels, h, w], phase_len) = (phases.images, phases.dims, phases.phase_len);
         let ([kh, kw], out_w) = (self.kernel, self.out[1]);
         let ([sh, sw], [ph, pw], [dh, dw]) = (self.stride, self.padding, self.dilation);
-        debug_assert_eq!(sw, phases.stride);
         let row_len = sw * phase_len;
         let rows = channels * kh * kw;
         let band = out_rows.len();
@@ -276,14 +274,20 @@ struct PhaseRows<'a> {
     data: Cow<'a, [f32]>,
     images: usize,
     dims: [usize; 3],
-    stride: usize,
     phase_len: usize,
 }
 
-impl<'a> PhaseRows<'a> {
-    /// `images` of the batch `x` of `[channels, h, w]` images, split for a column stride `stride`.
-    fn new(x: &'a [f32], dims: [usize; 3], images: Range<usize>, stride: usize) -> Self {
+impl Patches {
+    /// `images` of the batch `x` of `[channels, h, w]` images, split for these patches' column
+    /// stride.
+    fn phase_rows<'a>(
+        &self,
+        x: &'a [f32],
+        dims: [usize; 3],
+        images: Range<usize>,
+    ) -> PhaseRows<'a> {
         let [channels, h, w] = dims;
+        let stride = self.stride[1];
         let image_len = channels * h * w;
         let x = &x[images.start * image_len..images.end * image_len];
         let phase_len = w.div_ceil(stride);
@@ -305,11 +309,10 @@ impl<'a> PhaseRows<'a> {
                 });
             Cow::Owned(phases)
         };
-        Self {
+        PhaseRows {
             data,
             images: images.len(),
             dims,
-            stride,
             phase_len,
         }
     }
