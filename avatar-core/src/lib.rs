@@ -31,6 +31,7 @@ pub mod error;
 #[cfg(feature = "face-analysis")]
 pub mod face_analysis;
 pub mod gemm_conv;
+pub mod group_norm;
 mod host;
 pub mod hub;
 pub mod imaging;

@@ -2,6 +2,7 @@
 
 use crate::activation::silu;
 use crate::gemm_conv::conv2d_layer;
+use crate::group_norm::group_norm_silu;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -67,12 +68,12 @@ impl ResnetBlock2D {
 
     /// `[B, Cin, H, W] -> [B, Cout, H, W]`; `temb` is `[B, T]` when the block has a projection.
     pub fn forward(&self, x: Tensor<4>, temb: Option<Tensor<2>>) -> Tensor<4> {
-        let mut h = conv2d_layer(silu(self.norm1.forward(x.clone())), &self.conv1);
+        let mut h = conv2d_layer(group_norm_silu(x.clone(), &self.norm1), &self.conv1);
         if let (Some(projection), Some(temb)) = (&self.time_emb_proj, temb) {
             let [b, c] = [h.dims()[0], h.dims()[1]];
             h = h + projection.forward(silu(temb)).reshape([b, c, 1, 1]);
         }
-        let h = conv2d_layer(silu(self.norm2.forward(h)), &self.conv2);
+        let h = conv2d_layer(group_norm_silu(h, &self.norm2), &self.conv2);
         let x = match &self.conv_shortcut {
             Some(shortcut) => conv2d_layer(x, shortcut),
             None => x,

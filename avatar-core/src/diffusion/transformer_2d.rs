@@ -145,7 +145,7 @@ impl Transformer2DModel {
         injection: &AttentionInjection,
     ) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let normed = self.norm.forward(x.clone());
+        let normed = crate::group_norm::group_norm(x.clone(), &self.norm);
         let to_tokens = |t: Tensor<4>| t.reshape([b, c, h * w]).swap_dims(1, 2);
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(conv.forward(normed)),

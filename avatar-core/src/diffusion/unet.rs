@@ -18,9 +18,9 @@ use super::precision::{dtype_of, to_f32};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv3x3, group_norm};
 use super::transformer_2d::{BasicTransformerBlock, Transformer2DModel};
 use super::weights::{KeyMap, component_weights, load_strict, load_strict_bytes, read_config};
-use crate::activation::silu;
 use crate::error::{AvatarError, Result};
 use crate::gemm_conv::conv2d_layer;
+use crate::group_norm::group_norm_silu;
 
 /// A config value given once for all blocks or once per block.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -691,7 +691,7 @@ impl UNet2DConditionModel {
             }
         }
         Ok(to_f32(conv2d_layer(
-            silu(self.conv_norm_out.forward(x)),
+            group_norm_silu(x, &self.conv_norm_out),
             &self.conv_out,
         )))
     }

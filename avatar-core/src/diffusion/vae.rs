@@ -15,9 +15,9 @@ use serde::Deserialize;
 use super::precision::{dtype_of, to_f32};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv1x1, conv3x3, group_norm};
 use super::weights::{KeyMap, component_weights, load_strict, load_strict_bytes, read_config};
-use crate::activation::silu;
 use crate::error::{AvatarError, Result};
 use crate::gemm_conv::conv2d_layer;
+use crate::group_norm::group_norm_silu;
 
 /// GroupNorm epsilon of the VAE (diffusers hard-codes 1e-6).
 const VAE_NORM_EPS: f64 = 1e-6;
@@ -227,9 +227,7 @@ impl VaeAttention {
     /// `[B, C, H, W] -> [B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let tokens = self
-            .group_norm
-            .forward(x.clone())
+        let tokens = crate::group_norm::group_norm(x.clone(), &self.group_norm)
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
         let heads = |t: Tensor<3>| t.reshape([b, 1, h * w, c]);
@@ -314,7 +312,7 @@ impl Encoder {
             }
         }
         let x = self.mid_block.forward(x);
-        conv2d_layer(silu(self.conv_norm_out.forward(x)), &self.conv_out)
+        conv2d_layer(group_norm_silu(x, &self.conv_norm_out), &self.conv_out)
     }
 }
 
@@ -345,7 +343,7 @@ impl Decoder {
                 x = up.forward(x);
             }
         }
-        conv2d_layer(silu(self.conv_norm_out.forward(x)), &self.conv_out)
+        conv2d_layer(group_norm_silu(x, &self.conv_norm_out), &self.conv_out)
     }
 }
 

@@ -153,7 +153,7 @@ fn takes_gemm_path(x: &Tensor<4>, weight: &Tensor<4>) -> bool {
     is_flex(&x.device()) && x.dtype() == DType::F32 && weight.dtype() == DType::F32
 }
 
-fn is_flex(device: &Device) -> bool {
+pub(crate) fn is_flex(device: &Device) -> bool {
     matches!(
         device.clone().without_autodiff().as_dispatch(),
         DispatchDevice::Flex(_)

@@ -16,13 +16,13 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor};
 use serde::Deserialize;
 
-use crate::activation::silu;
 use crate::diffusion::resnet::{
     Downsample2D, ResnetBlock2D, Upsample2D, conv1x1, conv3x3, group_norm,
 };
 use crate::diffusion::weights::{KeyMap, is_safetensors, load_strict, load_strict_pytorch};
 use crate::error::{AvatarError, Result};
 use crate::gemm_conv::conv2d_layer;
+use crate::group_norm::group_norm_silu;
 
 /// taming's `Normalize`: GroupNorm(32, eps 1e-6).
 const GROUPS: usize = 32;
@@ -287,7 +287,7 @@ impl AttnBlock {
     /// `[B, C, H, W] -> [B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let normed = self.norm.forward(x.clone());
+        let normed = crate::group_norm::group_norm(x.clone(), &self.norm);
         let tokens = |t: Tensor<4>| t.reshape([b, 1, c, h * w]).swap_dims(2, 3);
         let q = tokens(conv2d_layer(normed.clone(), &self.q));
         let k = tokens(conv2d_layer(normed.clone(), &self.k));
@@ -381,7 +381,7 @@ impl Encoder {
             }
         }
         let x = self.mid.forward(x);
-        conv2d_layer(silu(self.norm_out.forward(x)), &self.conv_out)
+        conv2d_layer(group_norm_silu(x, &self.norm_out), &self.conv_out)
     }
 }
 
@@ -410,7 +410,7 @@ impl Decoder {
                 x = up.forward(x);
             }
         }
-        conv2d_layer(silu(self.norm_out.forward(x)), &self.conv_out)
+        conv2d_layer(group_norm_silu(x, &self.norm_out), &self.conv_out)
     }
 }
 
