@@ -56,6 +56,27 @@ fn bench_forward_backward(
     }
 }
 
+/// `gemm_conv`'s `conv2d` under autodiff with a frozen weight, as VQGAN+CLIP runs its decoder:
+/// the forward pass, then the input gradient of `sum(y * grad)` alone.
+fn bench_forward_input_grad(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    label: &str,
+    [x, weight, grad]: [&Tensor<4>; 3],
+    options: &ConvOptions<2>,
+) {
+    let autodiff = x.device().autodiff();
+    let tracked = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &autodiff);
+    let (x, weight, grad) = (tracked(x), tracked(weight), tracked(grad));
+    group.bench_function(BenchmarkId::new("gemm_forward_input_grad", label), |b| {
+        b.iter(|| {
+            let x = x.clone().require_grad();
+            let y = gemm_conv::conv2d(x.clone(), weight.clone(), None, options.clone());
+            let grads = (y * grad.clone()).sum().backward();
+            read_back(x.grad(&grads).expect("input gradient"))
+        })
+    });
+}
+
 fn strided_convolutions(c: &mut Criterion) {
     let device = DeviceSpec::Cpu.device().expect("cpu");
     let random =
@@ -197,6 +218,27 @@ fn same_size_convolutions(c: &mut Criterion) {
             continue;
         }
         let grad = random([batch, channels, size, size]);
+        // The input gradient alone: flex's (a transposed convolution, gemm + col2im), then
+        // `gemm_conv`'s (a convolution with the channel-transposed, flipped weight).
+        let transposed = ConvTransposeOptions::new([1, 1], [1, 1], [0, 0], [1, 1], 1);
+        group.bench_function(BenchmarkId::new("input_grad", &label), |b| {
+            b.iter(|| {
+                let (grad, w) = (grad.clone(), weight.clone());
+                read_back(conv_transpose2d(grad, w, None, transposed.clone()))
+            })
+        });
+        group.bench_function(BenchmarkId::new("gemm_input_grad", &label), |b| {
+            b.iter(|| {
+                let flipped = weight.clone().swap_dims(0, 1).flip([2, 3]);
+                read_back(gemm_conv::conv2d(
+                    grad.clone(),
+                    flipped,
+                    None,
+                    options.clone(),
+                ))
+            })
+        });
+        bench_forward_input_grad(&mut group, &label, [&x, &weight, &grad], &options);
         bench_forward_backward(&mut group, &label, [x, weight, grad], &options);
     }
     group.finish();

@@ -11,7 +11,7 @@ use avatar_core::diffusion::ip_adapter::{IpAdapter, IpAdapterKind, IpAdapterProm
 use avatar_core::diffusion::pipeline::{ControlNetPrompt, StableDiffusion, TextToImageOptions};
 use burn::tensor::{Device, Tensor};
 
-mod common;
+use crate::common;
 
 use common::adapters::{fixtures, load_image_adapter, pipeline, reference_options};
 use common::tensors::{TensorFile, max_abs_diff};

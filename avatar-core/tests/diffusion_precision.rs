@@ -8,7 +8,7 @@ use avatar_core::diffusion::pipeline::{ControlNetPrompt, StableDiffusion, TextTo
 use avatar_core::diffusion::precision::Precision;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
-mod common;
+use crate::common;
 
 use common::adapters::{fixtures, load_image_adapter, pipeline, reference_options};
 use common::tensors::{TensorFile, max_abs_diff};

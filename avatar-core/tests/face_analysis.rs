@@ -4,7 +4,7 @@
 //! NMS-filtered boxes and keypoints at two detector sizes, the alignment transforms, and the
 //! ArcFace embeddings, end to end.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

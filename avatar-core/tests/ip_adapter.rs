@@ -14,7 +14,7 @@ use avatar_core::diffusion::single_file::to_safetensors;
 use avatar_core::diffusion::weights::read_tensors;
 use burn::tensor::{Device, Tensor};
 
-mod common;
+use crate::common;
 
 use common::adapters::{fixtures, pipeline, reference_options};
 use common::tensors::{TensorFile, max_abs_diff};

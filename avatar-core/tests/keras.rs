@@ -1,7 +1,7 @@
 //! Parity with the seed's Keras generator: fixtures made by `tools/reference/keras_dcgan.py`
 //! (random weights and random batch-norm statistics), read straight from `.h5` without Python.
 
-mod common;
+use crate::common;
 
 use avatar_core::dcgan::{
     StoredDtype, generator_from_bytes, generator_to_bytes, load_keras_generator,

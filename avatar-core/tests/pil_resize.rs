@@ -5,7 +5,7 @@
 //! few levels off where Pillow 13 ran the other one; and transformers'
 //! CLIPImageProcessor on a 45x37 image.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

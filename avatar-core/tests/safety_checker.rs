@@ -3,7 +3,7 @@
 //! cosines within 1e-5, and the verdicts — including a concept flagged only through the
 //! special-care adjustment; plus the obfuscations.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

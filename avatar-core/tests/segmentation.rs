@@ -3,7 +3,7 @@
 //! (`tools/reference/segmentation/make_u2net_fixtures.py`), and against rembg's pre- and
 //! post-processing (PIL Lanczos resizes) on a 90x70 picture.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! `tools/reference/vqgan_clip/make_fixtures.py`): components within 1e-4, the loss and its
 //! gradient w.r.t. z within 1e-4, a 3-step Adam trajectory within 1e-3; then whole runs.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -59,15 +59,19 @@ fn conv2d_matches_burn_with_gradients() {
         (3, 16, 8, [64, 64], [4, 4], [2, 2], [1, 1], [1, 1]), // 1 MiB im2col: a group per image
         (2, 64, 4, [130, 90], [3, 3], [1, 2], [1, 1], [1, 1]), // 13 MiB per image: bands of rows
         (2, 3, 4, [4, 5], [3, 3], [1, 1], [8, 8], [8, 8]),  // U²-Net: taps wholly in the padding
+        (1, 64, 8, [96, 96], [3, 3], [1, 1], [1, 1], [1, 1]), // input gradient in bands of rows
+        (2, 3, 4, [6, 7], [1, 1], [1, 1], [1, 1], [1, 1]),  // padding beyond a 1x1 kernel's reach
     ];
     let cases = cases.map(|(n, cin, cout, size, kernel, stride, padding, dilation)| {
         let options = ConvOptions::new(stride, padding, dilation, 1);
         (n, cin, cout, size, kernel, options)
     });
     let uneven = ConvOptions::new_with_padding([2, 1], [(0, 2), (1, 0)], [1, 1], 1);
-    for (n, cin, cout, [h, w], kernel, options) in
-        cases.into_iter().chain([(2, 3, 5, [8, 9], [3, 3], uneven)])
-    {
+    let uneven_stride_one = ConvOptions::new_with_padding([1, 1], [(0, 2), (2, 1)], [1, 2], 1);
+    for (n, cin, cout, [h, w], kernel, options) in cases.into_iter().chain([
+        (2, 3, 5, [8, 9], [3, 3], uneven),
+        (2, 3, 5, [8, 9], [3, 3], uneven_stride_one),
+    ]) {
         let x = random([n, cin, h, w], &device);
         let weight = random([cout, cin, kernel[0], kernel[1]], &device);
         let bias = random([cout], &device);
