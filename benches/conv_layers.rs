@@ -4,7 +4,9 @@
 //! the forward pass and the weight gradient); then both under autodiff (forward, then both
 //! gradients), as a training step runs them. Then the generator's stride-2 transposed
 //! convolutions (flex's own; `gemm_conv` keeps them). Last, the stride-1 3x3 convolutions of
-//! Stable Diffusion's UNet and VAE decoder and of the VQGAN decoder, flex's and `gemm_conv`'s.
+//! Stable Diffusion's UNet and VAE decoder and of the VQGAN decoder, flex's and `gemm_conv`'s;
+//! at the VQGAN shapes also the input gradient alone (flex's transposed convolution against a
+//! convolution with the flipped weight) and under autodiff with a frozen weight.
 //!
 //! `cargo bench -p avatar-core --bench conv_layers` (`benches/compare_conv.py` times the same
 //! operations in PyTorch and prints both).

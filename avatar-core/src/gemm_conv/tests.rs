@@ -59,8 +59,7 @@ fn conv2d_matches_burn_with_gradients() {
         (3, 16, 8, [64, 64], [4, 4], [2, 2], [1, 1], [1, 1]), // 1 MiB im2col: a group per image
         (2, 64, 4, [130, 90], [3, 3], [1, 2], [1, 1], [1, 1]), // 13 MiB per image: bands of rows
         (2, 3, 4, [4, 5], [3, 3], [1, 1], [8, 8], [8, 8]),  // U²-Net: taps wholly in the padding
-        (1, 64, 8, [96, 96], [3, 3], [1, 1], [1, 1], [1, 1]), // input gradient in bands of rows
-        (2, 3, 4, [6, 7], [1, 1], [1, 1], [1, 1], [1, 1]),  // padding beyond a 1x1 kernel's reach
+        (2, 3, 4, [6, 7], [1, 1], [1, 1], [1, 1], [1, 1]),  // padded 1x1: a border of bias alone
     ];
     let cases = cases.map(|(n, cin, cout, size, kernel, stride, padding, dilation)| {
         let options = ConvOptions::new(stride, padding, dilation, 1);
