@@ -5,9 +5,10 @@
 //! PyTorch (taming + open_clip); results go to `benches/RESULTS.md`.
 //!
 //! ```text
-//! cargo bench -p avatar-core --bench vqgan_clip_shapes -- [64|128|256|512|augment|parts ...] [--runs N]
+//! cargo bench -p avatar-core --bench vqgan_clip_shapes -- [64|128|256|512|augment|parts|clip|decoder ...] [--runs N]
 //! ```
-//! `parts` times CLIP (32 cutouts) and the 256 px decoder alone, forward and forward+backward.
+//! `parts` times CLIP (32 cutouts) and the 256 px decoder alone, forward and forward+backward
+//! (`clip` or `decoder` one of them).
 //! Augmentations are off in the sizes' rows (the PyTorch side has none); `augment` times 256 px
 //! with our default augmentations on.
 
@@ -40,7 +41,8 @@ fn main() {
     };
     let cut = engine.clip().image_size();
     let ad = engine.device().clone();
-    if wanted(&args, "parts") {
+    let parts = wanted(&args, "parts");
+    if parts || wanted(&args, "clip") {
         // Where an iteration's time goes: CLIP on 32 cutouts, and the decoder at 256 px.
         let pixels = Tensor::<4>::random([32, 3, cut, cut], Distribution::Default, &ad);
         time("clip image fwd b32", runs, || {
@@ -51,6 +53,8 @@ fn main() {
             let grads = engine.embed_images(x.clone()).sum().backward();
             let _ = x.grad(&grads).unwrap().into_data();
         });
+    }
+    if parts || wanted(&args, "decoder") {
         let mut rng = SplitMix64::new(1);
         let z = engine.initial_latent(&mut rng, 256, 256, None);
         time("decoder fwd 256px", runs, || {

@@ -41,6 +41,7 @@ pub mod seed;
 pub mod segmentation;
 #[cfg(feature = "train")]
 pub mod train;
+mod vector_dispatch;
 pub mod vqgan_clip;
 
 pub use avatar::{

@@ -60,6 +60,9 @@ fn conv2d_matches_burn_with_gradients() {
         (2, 64, 4, [130, 90], [3, 3], [1, 2], [1, 1], [1, 1]), // 13 MiB per image: bands of rows
         (2, 3, 4, [4, 5], [3, 3], [1, 1], [8, 8], [8, 8]),  // U²-Net: taps wholly in the padding
         (2, 3, 4, [6, 7], [1, 1], [1, 1], [1, 1], [1, 1]),  // padded 1x1: a border of bias alone
+        // 256^2 planes: the input gradient as a convolution with the flipped weight
+        (1, 3, 4, [256, 256], [3, 3], [1, 1], [1, 1], [1, 1]),
+        (1, 2, 3, [260, 256], [3, 5], [1, 1], [0, 2], [1, 1]),
     ];
     let cases = cases.map(|(n, cin, cout, size, kernel, stride, padding, dilation)| {
         let options = ConvOptions::new(stride, padding, dilation, 1);

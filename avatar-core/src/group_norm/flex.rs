@@ -7,6 +7,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{GroupNormBackend, GroupNormGradient, GroupNormOptions};
+use crate::vector_dispatch::widest;
 
 impl GroupNormBackend for Flex {
     fn fused_group_norm(
@@ -19,33 +20,44 @@ impl GroupNormBackend for Flex {
         let [_, channels, length] = shape;
         let (x, gamma, beta) = (f32s(&x), f32s(&gamma), f32s(&beta));
         let per_group = channels / options.groups;
-        let mut output = vec![0.0f32; x.len()];
-        output
+        // Written once, element by element, below (not zeroed first: that would be one more
+        // pass over an activation-sized buffer).
+        let mut output = Vec::<f32>::with_capacity(x.len());
+        output.spare_capacity_mut()[..x.len()]
             .par_chunks_mut(per_group * length)
             .zip(x.par_chunks(per_group * length))
             .enumerate()
             .for_each(|(block, (output, x))| {
-                let first = block % options.groups * per_group;
-                let (mean, rstd) = statistics(x, options.epsilon);
-                let channels = output.chunks_mut(length).zip(x.chunks(length));
-                for (c, (output, x)) in (first..).zip(channels) {
-                    // PyTorch's CPU kernel's arithmetic (`x * scale + shift`, the mean folded
-                    // into the shift), which the VQGAN+CLIP Adam trajectory test follows within
-                    // 1e-3 and `(x - mean) * scale + beta` does not quite (1.03e-3). It loses
-                    // ~|mean| / std ulps where the mean dwarfs the spread, as PyTorch's does.
-                    let scale = gamma[c] * rstd;
-                    let shift = beta[c] - mean * scale;
-                    if options.silu {
-                        for (o, &v) in output.iter_mut().zip(x) {
-                            *o = silu(v * scale + shift);
+                widest(
+                    #[inline(always)]
+                    || {
+                        let first = block % options.groups * per_group;
+                        let (mean, rstd) = statistics(x, options.epsilon);
+                        let channels = output.chunks_mut(length).zip(x.chunks(length));
+                        for (c, (output, x)) in (first..).zip(channels) {
+                            // PyTorch's CPU kernel's arithmetic (`x * scale + shift`, the
+                            // mean folded into the shift), which the VQGAN+CLIP Adam
+                            // trajectory test follows within 1e-3 and `(x - mean) * scale +
+                            // beta` does not quite (1.03e-3). It loses ~|mean| / std ulps where
+                            // the mean dwarfs the spread, as PyTorch's does.
+                            let scale = gamma[c] * rstd;
+                            let shift = beta[c] - mean * scale;
+                            if options.silu {
+                                for (o, &v) in output.iter_mut().zip(x) {
+                                    o.write(silu(v * scale + shift));
+                                }
+                            } else {
+                                for (o, &v) in output.iter_mut().zip(x) {
+                                    o.write(v * scale + shift);
+                                }
+                            }
                         }
-                    } else {
-                        for (o, &v) in output.iter_mut().zip(x) {
-                            *o = v * scale + shift;
-                        }
-                    }
-                }
+                    },
+                )
             });
+        // SAFETY: the blocks above cover all `x.len()` elements, and each wrote every one of its
+        // elements.
+        unsafe { output.set_len(x.len()) };
         FlexTensor::from_data(TensorData::new(output, shape))
     }
 }
@@ -72,64 +84,80 @@ impl GroupNormGradient for Flex {
             .zip(x.par_chunks(block).zip(grad.par_chunks(block)))
             .enumerate()
             .for_each(|(index, ((dx, affine), (x, grad)))| {
-                let first = index % options.groups * per_group;
-                let (mean, rstd) = statistics(x, options.epsilon);
-                // dxhat = g * gamma, stored in `dx`; the group's sums of dxhat and dxhat * xhat.
-                let (mut sum, mut sum_xhat) = (0.0f64, 0.0f64);
-                let planes = dx
-                    .chunks_mut(length)
-                    .zip(x.chunks(length).zip(grad.chunks(length)));
-                for ((c, (dx, (x, grad))), affine) in (first..).zip(planes).zip(affine.iter_mut()) {
-                    let terms = |x: f32, g: f32| {
-                        let xhat = (x - mean) * rstd;
-                        let g = if options.silu {
-                            silu_derivative(gamma[c] * xhat + beta[c]) * g
-                        } else {
-                            g
-                        };
-                        let dxhat = g * gamma[c];
-                        (dxhat, [g * xhat, g, dxhat, dxhat * xhat])
-                    };
-                    let mut totals = [0.0f64; 4];
-                    let blocks = dx
-                        .chunks_mut(4096)
-                        .zip(x.chunks(4096).zip(grad.chunks(4096)));
-                    for (dx, (x, grad)) in blocks {
-                        let mut lanes = [[0.0f32; LANES]; 4];
-                        let chunks = dx.chunks_exact_mut(LANES).zip(x.chunks_exact(LANES));
-                        for ((dx, x), g) in chunks.zip(grad.chunks_exact(LANES)) {
-                            for lane in 0..LANES {
-                                let (dxhat, terms) = terms(x[lane], g[lane]);
-                                dx[lane] = dxhat;
-                                for (sums, t) in lanes.iter_mut().zip(terms) {
-                                    sums[lane] += t;
+                widest(
+                    #[inline(always)]
+                    || {
+                        let first = index % options.groups * per_group;
+                        let (mean, rstd) = statistics(x, options.epsilon);
+                        // dxhat = g * gamma, stored in `dx`; the group's sums of dxhat and dxhat * xhat.
+                        let (mut sum, mut sum_xhat) = (0.0f64, 0.0f64);
+                        let planes = dx
+                            .chunks_mut(length)
+                            .zip(x.chunks(length).zip(grad.chunks(length)));
+                        for ((c, (dx, (x, grad))), affine) in
+                            (first..).zip(planes).zip(affine.iter_mut())
+                        {
+                            // Loop invariants as locals, so that the lanes below vectorise.
+                            let (scale, shift, silu) = (gamma[c], beta[c], options.silu);
+                            let terms = |x: f32, g: f32| {
+                                let xhat = (x - mean) * rstd;
+                                let g = if silu {
+                                    silu_derivative(scale * xhat + shift) * g
+                                } else {
+                                    g
+                                };
+                                let dxhat = g * scale;
+                                (dxhat, [g * xhat, g, dxhat, dxhat * xhat])
+                            };
+                            let mut totals = [0.0f64; 4];
+                            let blocks = dx
+                                .chunks_mut(4096)
+                                .zip(x.chunks(4096).zip(grad.chunks(4096)));
+                            for (dx, (x, grad)) in blocks {
+                                let mut lanes = [[0.0f32; LANES]; 4];
+                                // Fixed-size chunks (no bounds checks), each chunk's terms
+                                // computed as one array: the form the compiler vectorises (a
+                                // loop accumulating lane by lane stayed scalar).
+                                let (dx_lanes, _) = dx.as_chunks_mut::<LANES>();
+                                let (x_lanes, _) = x.as_chunks::<LANES>();
+                                let (g_lanes, _) = grad.as_chunks::<LANES>();
+                                let chunks = dx_lanes.iter_mut().zip(x_lanes);
+                                for ((dx, x), g) in chunks.zip(g_lanes) {
+                                    let terms: [_; LANES] =
+                                        std::array::from_fn(|lane| terms(x[lane], g[lane]));
+                                    for (lane, (dxhat, terms)) in terms.into_iter().enumerate() {
+                                        dx[lane] = dxhat;
+                                        for (sums, t) in lanes.iter_mut().zip(terms) {
+                                            sums[lane] += t;
+                                        }
+                                    }
+                                }
+                                let whole = x.len() / LANES * LANES;
+                                for i in whole..x.len() {
+                                    let (dxhat, terms) = terms(x[i], grad[i]);
+                                    dx[i] = dxhat;
+                                    for (total, t) in totals.iter_mut().zip(terms) {
+                                        *total += t as f64;
+                                    }
+                                }
+                                for (total, sums) in totals.iter_mut().zip(&lanes) {
+                                    *total += sums.iter().map(|&v| v as f64).sum::<f64>();
                                 }
                             }
+                            *affine = [totals[0], totals[1]];
+                            sum += totals[2];
+                            sum_xhat += totals[3];
                         }
-                        let whole = x.len() / LANES * LANES;
-                        for i in whole..x.len() {
-                            let (dxhat, terms) = terms(x[i], grad[i]);
-                            dx[i] = dxhat;
-                            for (total, t) in totals.iter_mut().zip(terms) {
-                                *total += t as f64;
-                            }
+                        // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
+                        let count = block as f64;
+                        let (mean_dxhat, mean_dxhat_xhat) =
+                            ((sum / count) as f32, (sum_xhat / count) as f32);
+                        for (dx, &x) in dx.iter_mut().zip(x) {
+                            let xhat = (x - mean) * rstd;
+                            *dx = rstd * (*dx - mean_dxhat - xhat * mean_dxhat_xhat);
                         }
-                        for (total, sums) in totals.iter_mut().zip(&lanes) {
-                            *total += sums.iter().map(|&v| v as f64).sum::<f64>();
-                        }
-                    }
-                    *affine = [totals[0], totals[1]];
-                    sum += totals[2];
-                    sum_xhat += totals[3];
-                }
-                // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
-                let count = block as f64;
-                let (mean_dxhat, mean_dxhat_xhat) =
-                    ((sum / count) as f32, (sum_xhat / count) as f32);
-                for (dx, &x) in dx.iter_mut().zip(x) {
-                    let xhat = (x - mean) * rstd;
-                    *dx = rstd * (*dx - mean_dxhat - xhat * mean_dxhat_xhat);
-                }
+                    },
+                )
             });
         let (mut dgamma, mut dbeta) = (vec![0.0f64; channels], vec![0.0f64; channels]);
         for image in affine.chunks(channels) {
@@ -155,6 +183,7 @@ const LANES: usize = 8;
 
 /// The mean and `1 / sqrt(variance + epsilon)` of a group's values (two passes: the variance
 /// from the deviations, not from the mean square, so that a large mean loses no precision).
+#[inline(always)]
 fn statistics(x: &[f32], epsilon: f64) -> (f32, f32) {
     let count = x.len().max(1) as f64;
     let mean = (sum(x, |v| v) / count) as f32;
@@ -163,6 +192,7 @@ fn statistics(x: &[f32], epsilon: f64) -> (f32, f32) {
 }
 
 /// `Σ f(x)`, in [`LANES`] f32 lanes over blocks of 4,096 values, each block's total added in f64.
+#[inline(always)]
 fn sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     x.chunks(4096)
         .map(|block| {
@@ -180,11 +210,13 @@ fn sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 }
 
 /// `x * sigmoid(x)`.
+#[inline(always)]
 fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
 /// `d silu(y) / dy = s (1 + y (1 - s))` with `s = sigmoid(y)`.
+#[inline(always)]
 fn silu_derivative(y: f32) -> f32 {
     let s = 1.0 / (1.0 + exp(-y));
     s * (1.0 + y * (1.0 - s))
