@@ -7,7 +7,6 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, TensorMetadata};
-
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
 use super::GemmConvBackend;
@@ -123,8 +122,9 @@ const INPUT_GRADIENT_AS_CONVOLUTION_PIXELS: usize = 256 * 256;
 /// ungrouped, evenly padded convolution from its output gradient (`grad` convolved with the
 /// weight's channels swapped and its kernel flipped: im2col + gemm, as PyTorch's CPU backward
 /// does), where that is faster than burn's transposed convolution (gemm + col2im): on large
-/// planes only (`conv_layers`' `input_grad` benches: 1.5x faster at 128 channels x 256^2,
-/// slower at 256 x 64^2 and 512 x 16^2).
+/// planes only (`conv_layers`' `input_grad` benches on flex: 1.5x faster at 128 channels x
+/// 256^2, slower at 256 x 64^2 and 512 x 16^2). Other devices compute the same convolution with
+/// burn's `conv2d`.
 fn input_gradient_as_convolution<T: TensorMetadata>(
     grad: &T,
     weight: &T,
