@@ -6,7 +6,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, TensorMetadata};
+use burn::backend::{Autodiff, Backend};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
 use super::GemmConvBackend;
@@ -35,23 +35,12 @@ impl<B: Backend + GemmConvBackend, C: CheckpointStrategy> GemmConvBackend for Au
                 let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_state);
                 let weight = checkpointer.retrieve_node_output::<FloatTensor<B>>(weight_state);
                 if let Some(node) = node_x {
-                    let dx = match input_gradient_as_convolution(&grad, &weight, &options) {
-                        Some(padding) => {
-                            let flipped =
-                                B::float_flip(B::float_swap_dims(weight.clone(), 0, 1), &[2, 3]);
-                            B::gemm_conv2d(
-                                grad.clone(),
-                                flipped,
-                                ConvOptions::new([1, 1], padding, [1, 1], 1),
-                            )
-                        }
-                        None => B::conv2d_x_backward(
-                            x.clone(),
-                            weight.clone(),
-                            grad.clone(),
-                            options.clone(),
-                        ),
-                    };
+                    let dx = B::gemm_conv2d_x_backward(
+                        x.clone(),
+                        weight.clone(),
+                        grad.clone(),
+                        options.clone(),
+                    );
                     grads.register::<B>(node.id, dx);
                 }
                 if let Some(node) = node_weight {
@@ -112,34 +101,6 @@ impl<B: Backend + GemmConvBackend, C: CheckpointStrategy> GemmConvBackend for Au
             options,
             B::gemm_conv_transpose2d,
         )
-    }
-}
-
-/// Output planes of at least this many pixels take their input gradient as a convolution.
-const INPUT_GRADIENT_AS_CONVOLUTION_PIXELS: usize = 256 * 256;
-
-/// The padding of the convolution that computes the input gradient of a stride-1, undilated,
-/// ungrouped, evenly padded convolution from its output gradient (`grad` convolved with the
-/// weight's channels swapped and its kernel flipped: im2col + gemm, as PyTorch's CPU backward
-/// does), where that is faster than burn's transposed convolution (gemm + col2im): on large
-/// planes only (`conv_layers`' `input_grad` benches on flex: 1.5x faster at 128 channels x
-/// 256^2, slower at 256 x 64^2 and 512 x 16^2). Other devices compute the same convolution with
-/// burn's `conv2d`.
-fn input_gradient_as_convolution<T: TensorMetadata>(
-    grad: &T,
-    weight: &T,
-    options: &ConvOptions<2>,
-) -> Option<[usize; 2]> {
-    let [grad, weight] = [grad.shape(), weight.shape()];
-    let plain = options.stride == [1, 1] && options.dilation == [1, 1] && options.groups == 1;
-    let large = grad[2] * grad[3] >= INPUT_GRADIENT_AS_CONVOLUTION_PIXELS;
-    let padding = [0, 1].map(|i| match options.padding[i] {
-        (start, end) if start == end => (weight[2 + i] - 1).checked_sub(start),
-        _ => None,
-    });
-    match padding {
-        [Some(h), Some(w)] if plain && large => Some([h, w]),
-        _ => None,
     }
 }
 

@@ -19,7 +19,9 @@
 //!   stays in cache (1 MiB; a weight gradient's groups also span at least 1,024 output pixels, and
 //!   their partial gradients are summed), or, where one image's matrix exceeds 8 MiB, bands of
 //!   about 512 output pixels in parallel; its input gradient with flex's own (transposed
-//!   convolution, already gemm + col2im);
+//!   convolution, gemm + col2im), but for stride-1 convolutions on planes of 256^2 pixels or
+//!   more, where col2im costs more than an im2col, as the im2col `conv2d` of the output gradient
+//!   with the flipped weight;
 //! - a `conv_transpose2d`'s forward pass with flex's own, its input gradient with the im2col
 //!   `conv2d` above and its weight gradient as gemms against the im2col of the output gradient,
 //!   grouped the same way.
@@ -52,6 +54,16 @@ pub trait GemmConvBackend: Backend {
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
         Self::conv2d(x, weight, None, options)
+    }
+
+    /// The gradient of [`GemmConvBackend::gemm_conv2d`] with respect to its input.
+    fn gemm_conv2d_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_x_backward(x, weight, output_grad, options)
     }
 
     /// The gradient of [`GemmConvBackend::gemm_conv2d`] with respect to its weight.
