@@ -115,6 +115,18 @@ fn strided_convolutions(c: &mut Criterion) {
                 ))
             })
         });
+        group.bench_function(BenchmarkId::new("gemm_input_grad", &label), |b| {
+            b.iter(|| {
+                read_back(Tensor::from_dispatch(
+                    <Dispatch as GemmConvBackend>::gemm_conv2d_x_backward(
+                        x.clone().into_dispatch(),
+                        weight.clone().into_dispatch(),
+                        grad.clone().into_dispatch(),
+                        options.clone(),
+                    ),
+                ))
+            })
+        });
         group.bench_function(BenchmarkId::new("weight_grad", &label), |b| {
             b.iter(|| {
                 read_back(conv2d_weight_backward(
@@ -165,6 +177,17 @@ fn transposed_convolutions(c: &mut Criterion) {
                     weight.clone(),
                     None,
                     options.clone(),
+                ))
+            })
+        });
+        group.bench_function(BenchmarkId::new("gemm_forward", &label), |b| {
+            b.iter(|| {
+                read_back(Tensor::from_dispatch(
+                    <Dispatch as GemmConvBackend>::gemm_conv_transpose2d(
+                        x.clone().into_dispatch(),
+                        weight.clone().into_dispatch(),
+                        options.clone(),
+                    ),
                 ))
             })
         });

@@ -89,12 +89,28 @@ impl GemmConvBackend for Flex {
         output_grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        match input_gradient_as_convolution(&output_grad, &weight, &options) {
-            Some(padding) if is_f32(&[&weight, &output_grad]) => {
-                let flipped = Flex::float_flip(Flex::float_swap_dims(weight, 0, 1), &[2, 3]);
-                let options = ConvOptions::new([1, 1], padding, [1, 1], 1);
-                Self::gemm_conv2d(output_grad, flipped, options)
-            }
+        if !is_f32(&[&weight, &output_grad]) || options.groups != 1 {
+            return <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d_x_backward(
+                x,
+                weight,
+                output_grad,
+                options,
+            );
+        }
+        if let Some(padding) = input_gradient_as_convolution(&output_grad, &weight, &options) {
+            let flipped = Flex::float_flip(Flex::float_swap_dims(weight, 0, 1), &[2, 3]);
+            let options = ConvOptions::new([1, 1], padding, [1, 1], 1);
+            return Self::gemm_conv2d(output_grad, flipped, options);
+        }
+        // A strided convolution's input gradient is the transposed convolution of the output
+        // gradient landing on the input's size.
+        let [_, _, h, w] = dims(&x);
+        let padding = options.padding.map(|(start, _)| start);
+        let strided = options.stride != [1, 1] && options.dilation == [1, 1];
+        match strided.then(|| {
+            sub_pixel_conv_transpose(&output_grad, &weight, options.stride, padding, [h, w])
+        }) {
+            Some(Some(gradient)) => gradient,
             _ => <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d_x_backward(
                 x,
                 weight,
@@ -126,7 +142,35 @@ impl GemmConvBackend for Flex {
         transposed(gradient).reshape(Shape::new(shape))
     }
 
-    // `gemm_conv_transpose2d`: the trait's default, flex's own (gemm + col2im per image).
+    fn gemm_conv_transpose2d(
+        x: FlexTensor,
+        weight: FlexTensor,
+        options: ConvTransposeOptions<2>,
+    ) -> FlexTensor {
+        let strided = options.stride != [1, 1] && options.dilation == [1, 1];
+        if strided && options.groups == 1 && is_f32(&[&x, &weight]) {
+            let [_, _, h, w] = dims(&x);
+            let [_, _, kh, kw] = dims(&weight);
+            let out = [0, 1].map(|axis| {
+                let reach = [h, w][axis].checked_sub(1)? * options.stride[axis]
+                    + [kh, kw][axis]
+                    + options.padding_out[axis];
+                reach.checked_sub(2 * options.padding[axis])
+            });
+            if let [Some(out_h), Some(out_w)] = out
+                && let Some(y) = sub_pixel_conv_transpose(
+                    &x,
+                    &weight,
+                    options.stride,
+                    options.padding,
+                    [out_h, out_w],
+                )
+            {
+                return y;
+            }
+        }
+        <Flex as burn::backend::ops::ModuleOps<Flex>>::conv_transpose2d(x, weight, None, options)
+    }
 
     fn gemm_conv_transpose2d_weight_backward(
         x: FlexTensor,
@@ -340,6 +384,203 @@ impl Patches {
     }
 }
 
+/// One output phase of a strided transposed convolution along one axis: the outputs
+/// `o = stride * q + residue`, `q < len`, each the sum over `taps` kernel taps
+/// `tap + stride * (taps - 1 - j)` of input `q + j - padding`, `j < taps`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct AxisPhase {
+    residue: usize,
+    tap: usize,
+    taps: usize,
+    padding: usize,
+    len: usize,
+}
+
+/// The output phases of a transposed convolution along one axis (kernel `kernel`, undilated),
+/// `None` when one would need a negative padding (the padding exceeds the kernel's reach).
+/// Output `o` collects `x[i] w[k]` over `o = stride i + k - padding`: with `o = stride q + r`,
+/// the taps are `k = stride m + t` (`t = (r + padding) % stride`) reading
+/// `i = q + (r + padding) / stride - m`.
+fn axis_phases(kernel: usize, stride: usize, padding: usize, out: usize) -> Option<Vec<AxisPhase>> {
+    (0..stride.min(out))
+        .map(|residue| {
+            let (tap, carry) = ((residue + padding) % stride, (residue + padding) / stride);
+            let taps = kernel.saturating_sub(tap).div_ceil(stride);
+            let padding = (taps + 1)
+                .checked_sub(carry + 2)
+                .or((taps == 0).then_some(0))?;
+            let len = (out - residue).div_ceil(stride);
+            Some(AxisPhase {
+                residue,
+                tap,
+                taps,
+                padding,
+                len,
+            })
+        })
+        .collect()
+}
+
+/// A strided, undilated, ungrouped transposed convolution `x [N, C, h, w]`, `weight [C, O, kh,
+/// kw]` -> `[N, O, out_h, out_w]`: per image the gemm `weight^T x` (the columns `[O kh kw, h w]`,
+/// as flex computes them), then a col2im that builds each output row one stride phase at a time
+/// (the phase's pixels are sums of contiguous, shifted column rows: vector adds) and stores the
+/// phases interleaved, where flex's col2im adds every column element into its strided output
+/// pixel one by one (a sixth of a DCGAN training step). `None` where a phase would need a
+/// negative padding or one image's columns exceed [`BAND_BYTES`].
+fn sub_pixel_conv_transpose(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    out: [usize; 2],
+) -> Option<FlexTensor> {
+    let [n, channels, h, w] = dims(x);
+    let [_, out_channels, kh, kw] = dims(weight);
+    let col2im = PhasedCol2im {
+        rows: axis_phases(kh, stride[0], padding[0], out[0])?,
+        columns: axis_phases(kw, stride[1], padding[1], out[1])?,
+        stride,
+        kernel: [kh, kw],
+        input: [h, w],
+        out,
+    };
+    let (plane, taps) = (h * w, kh * kw);
+    let m = out_channels * taps;
+    if m * plane * std::mem::size_of::<f32>() > BAND_BYTES {
+        return None;
+    }
+    let weight = weight.to_contiguous();
+    let weight: &[f32] = weight.as_slice().expect("contiguous f32");
+    let x = x.to_contiguous();
+    let x: &[f32] = x.as_slice().expect("contiguous f32");
+    let out_plane = out[0] * out[1];
+    let mut output = vec![0.0f32; n * out_channels * out_plane];
+    // `[O kh kw, h w] = weight^T [C, O kh kw]^T x_b [C, h w]`
+    // SAFETY: `columns` holds `m * plane` values written with row stride `plane`; `weight` is
+    // the contiguous `[C, m]` read transposed (column stride `m`), and image `b` of `x` the
+    // contiguous `[C, plane]` (both checked by their shapes above).
+    let columns_of = |b: usize, columns: &mut [f32], parallel: bool| unsafe {
+        debug_assert_eq!(columns.len(), m * plane);
+        gemm::gemm(
+            m,
+            plane,
+            channels,
+            columns.as_mut_ptr(),
+            1,
+            plane as isize,
+            false,
+            weight.as_ptr(),
+            m as isize,
+            1,
+            x[b * channels * plane..].as_ptr(),
+            1,
+            plane as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            if parallel {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            },
+        )
+    };
+    if n >= rayon::current_num_threads() {
+        output
+            .par_chunks_mut(out_channels * out_plane)
+            .enumerate()
+            .for_each(|(b, output)| {
+                let mut columns = vec![0.0f32; m * plane];
+                columns_of(b, &mut columns, false);
+                for (o, output) in output.chunks_mut(out_plane).enumerate() {
+                    col2im.channel(&columns[o * taps * plane..][..taps * plane], output);
+                }
+            });
+    } else {
+        let mut columns = vec![0.0f32; m * plane];
+        for (b, output) in output.chunks_mut(out_channels * out_plane).enumerate() {
+            columns_of(b, &mut columns, true);
+            output
+                .par_chunks_mut(out_plane)
+                .enumerate()
+                .for_each(|(o, output)| {
+                    col2im.channel(&columns[o * taps * plane..][..taps * plane], output)
+                });
+        }
+    }
+    Some(FlexTensor::from_data(TensorData::new(
+        output,
+        [n, out_channels, out[0], out[1]],
+    )))
+}
+
+/// The col2im of [`sub_pixel_conv_transpose`]: output pixel `(stride_h q + r_h, stride_w q' +
+/// r_w)` of a channel is the sum over its phases' taps of column `(ki, kj)` at input pixel
+/// `(q + j - padding_h, q' + k - padding_w)`.
+struct PhasedCol2im {
+    rows: Vec<AxisPhase>,
+    columns: Vec<AxisPhase>,
+    stride: [usize; 2],
+    kernel: [usize; 2],
+    input: [usize; 2],
+    out: [usize; 2],
+}
+
+impl PhasedCol2im {
+    /// One output channel `[out_h, out_w]` (every pixel written) from its columns `[kh kw, h w]`.
+    fn channel(&self, columns: &[f32], output: &mut [f32]) {
+        crate::vector_dispatch::widest(
+            #[inline(always)]
+            || self.channel_kernel(columns, output),
+        )
+    }
+
+    #[inline(always)]
+    fn channel_kernel(&self, columns: &[f32], output: &mut [f32]) {
+        let ([h, w], [_, kw], [sh, sw]) = (self.input, self.kernel, self.stride);
+        let plane = h * w;
+        let mut sums = vec![0.0f32; self.columns.iter().map(|c| c.len).max().unwrap_or(0)];
+        for row in &self.rows {
+            for q in 0..row.len {
+                let line = &mut output[(sh * q + row.residue) * self.out[1]..][..self.out[1]];
+                for column in &self.columns {
+                    let sums = &mut sums[..column.len];
+                    sums.fill(0.0);
+                    for j in 0..row.taps {
+                        let Some(iy) = (q + j).checked_sub(row.padding).filter(|&iy| iy < h) else {
+                            continue;
+                        };
+                        let ki = row.tap + sh * (row.taps - 1 - j);
+                        for k in 0..column.taps {
+                            let kj = column.tap + sw * (column.taps - 1 - k);
+                            let source = &columns[(ki * kw + kj) * plane + iy * w..][..w];
+                            // sums[q'] += source[q' + k - padding] where that lies in the row.
+                            let first = column.padding.saturating_sub(k);
+                            let last = (w + column.padding).saturating_sub(k).min(column.len);
+                            if first >= last {
+                                continue;
+                            }
+                            let from = first + k - column.padding;
+                            sums[first..last]
+                                .iter_mut()
+                                .zip(&source[from..from + last - first])
+                                .for_each(|(sum, &value)| *sum += value);
+                        }
+                    }
+                    line[column.residue..]
+                        .iter_mut()
+                        .step_by(sw)
+                        .zip(sums.iter())
+                        .for_each(|(out, &sum)| *out = sum);
+                }
+            }
+        }
+    }
+}
+
 /// `[N, C, h, w]` -> `[N h w, C]` (contiguous), the right-hand side of a weight gradient: gemm
 /// packs a row-major operand much faster than a transposed view of the im2col matrix.
 fn channels_last(x: FlexTensor) -> FlexTensor {
@@ -393,4 +634,45 @@ fn input_gradient_as_convolution(
 
 fn is_f32(tensors: &[&FlexTensor]) -> bool {
     tensors.iter().all(|t| t.dtype() == DType::F32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AxisPhase, axis_phases};
+
+    fn phase(residue: usize, tap: usize, taps: usize, padding: usize, len: usize) -> AxisPhase {
+        AxisPhase {
+            residue,
+            tap,
+            taps,
+            padding,
+            len,
+        }
+    }
+
+    #[test]
+    fn output_phases_of_strided_transposed_convolutions() {
+        // DCGAN's k4 s2 p1, 8 -> 16: even outputs read taps 3, 1 of inputs q - 1, q; odd ones
+        // taps 2, 0 of q, q + 1.
+        assert_eq!(
+            axis_phases(4, 2, 1, 16),
+            Some(vec![phase(0, 1, 2, 1, 8), phase(1, 0, 2, 0, 8)])
+        );
+        // A kernel narrower than the stride leaves a phase without taps.
+        assert_eq!(
+            axis_phases(2, 3, 0, 7),
+            Some(vec![
+                phase(0, 0, 1, 0, 3),
+                phase(1, 1, 1, 0, 2),
+                phase(2, 2, 0, 0, 2)
+            ])
+        );
+        // An output shorter than the stride has fewer phases.
+        assert_eq!(
+            axis_phases(3, 4, 0, 2),
+            Some(vec![phase(0, 0, 1, 0, 1), phase(1, 1, 1, 0, 1)])
+        );
+        // A padding beyond the taps' reach would need a negative one.
+        assert_eq!(axis_phases(2, 2, 2, 8), None);
+    }
 }

@@ -18,11 +18,13 @@
 //!   `[in_channels * kh * kw, images * out_h * out_w]`, a group of images at a time whose matrix
 //!   stays in cache (1 MiB; a weight gradient's groups also span at least 1,024 output pixels, and
 //!   their partial gradients are summed), or, where one image's matrix exceeds 8 MiB, bands of
-//!   about 512 output pixels in parallel; its input gradient with flex's own (transposed
-//!   convolution, gemm + col2im), but for stride-1 convolutions on planes of 256^2 pixels or
-//!   more, where col2im costs more than an im2col, as the im2col `conv2d` of the output gradient
-//!   with the flipped weight;
-//! - a `conv_transpose2d`'s forward pass with flex's own, its input gradient with the im2col
+//!   about 512 output pixels in parallel; its input gradient, for strided convolutions, with the
+//!   transposed convolution below, for stride-1 convolutions on planes of 256^2 pixels or more
+//!   (where col2im costs more than an im2col) as the im2col `conv2d` of the output gradient with
+//!   the flipped weight, and otherwise with flex's own (gemm + col2im);
+//! - a strided `conv_transpose2d`'s forward pass as flex's gemm per image followed by a col2im
+//!   that builds each output row one stride phase at a time from contiguous vector adds (flex's
+//!   col2im adds element by element into strided pixels); its input gradient with the im2col
 //!   `conv2d` above and its weight gradient as gemms against the im2col of the output gradient,
 //!   grouped the same way.
 //!

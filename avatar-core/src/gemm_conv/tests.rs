@@ -52,6 +52,8 @@ fn conv2d_matches_burn_with_gradients() {
     // (batch, in, out, size (h, w), kernel, stride, padding, dilation); then uneven padding
     let cases = [
         (3, 4, 8, [16, 16], [4, 4], [2, 2], [1, 1], [1, 1]), // DCGAN discriminator stage
+        (1, 5, 6, [17, 15], [4, 4], [2, 2], [1, 1], [1, 1]), // one image, odd sizes
+        (2, 3, 4, [10, 11], [3, 3], [3, 2], [2, 0], [1, 1]),
         (2, 5, 6, [9, 7], [3, 3], [1, 1], [1, 1], [1, 1]),
         (2, 3, 4, [11, 10], [3, 2], [2, 3], [0, 2], [1, 1]),
         (1, 2, 3, [12, 12], [3, 3], [1, 2], [2, 1], [2, 2]),
@@ -97,6 +99,10 @@ fn conv_transpose2d_matches_burn_with_gradients() {
         (2, 3, 5, [5, 6], [3, 3], [2, 2], [1, 1], [1, 1], [1, 1]),
         (1, 4, 3, [4, 5], [3, 2], [3, 2], [1, 0], [2, 1], [2, 1]),
         (3, 8, 16, [32, 32], [4, 4], [2, 2], [1, 1], [0, 0], [1, 1]), // a group per image
+        (1, 6, 4, [7, 9], [4, 4], [2, 2], [1, 1], [1, 0], [1, 1]), // one image: channels in parallel
+        (2, 3, 4, [5, 4], [1, 2], [2, 3], [0, 0], [1, 2], [1, 1]), // phases without taps: zeros
+        (2, 3, 4, [6, 5], [5, 3], [3, 2], [2, 1], [0, 1], [1, 1]),
+        (2, 3, 4, [6, 6], [2, 2], [2, 2], [2, 2], [0, 0], [1, 1]), // beyond the taps' reach: flex's
     ];
     for (n, cin, cout, [h, w], kernel, stride, padding, padding_out, dilation) in cases {
         let x = random([n, cin, h, w], &device);
