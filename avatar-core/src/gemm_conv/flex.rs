@@ -89,35 +89,30 @@ impl GemmConvBackend for Flex {
         output_grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        if !is_f32(&[&weight, &output_grad]) || options.groups != 1 {
-            return <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d_x_backward(
-                x,
-                weight,
-                output_grad,
-                options,
-            );
+        if is_f32(&[&weight, &output_grad]) && options.groups == 1 {
+            if let Some(padding) = input_gradient_as_convolution(&output_grad, &weight, &options) {
+                let flipped = Flex::float_flip(Flex::float_swap_dims(weight, 0, 1), &[2, 3]);
+                let options = ConvOptions::new([1, 1], padding, [1, 1], 1);
+                return Self::gemm_conv2d(output_grad, flipped, options);
+            }
+            // A strided convolution's input gradient is the transposed convolution of the output
+            // gradient landing on the input's size.
+            let [_, _, h, w] = dims(&x);
+            let padding = options.padding.map(|(start, _)| start);
+            if options.stride != [1, 1]
+                && options.dilation == [1, 1]
+                && let Some(gradient) =
+                    phased_conv_transpose(&output_grad, &weight, options.stride, padding, [h, w])
+            {
+                return gradient;
+            }
         }
-        if let Some(padding) = input_gradient_as_convolution(&output_grad, &weight, &options) {
-            let flipped = Flex::float_flip(Flex::float_swap_dims(weight, 0, 1), &[2, 3]);
-            let options = ConvOptions::new([1, 1], padding, [1, 1], 1);
-            return Self::gemm_conv2d(output_grad, flipped, options);
-        }
-        // A strided convolution's input gradient is the transposed convolution of the output
-        // gradient landing on the input's size.
-        let [_, _, h, w] = dims(&x);
-        let padding = options.padding.map(|(start, _)| start);
-        let strided = options.stride != [1, 1] && options.dilation == [1, 1];
-        match strided
-            .then(|| phased_conv_transpose(&output_grad, &weight, options.stride, padding, [h, w]))
-        {
-            Some(Some(gradient)) => gradient,
-            _ => <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d_x_backward(
-                x,
-                weight,
-                output_grad,
-                options,
-            ),
-        }
+        <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d_x_backward(
+            x,
+            weight,
+            output_grad,
+            options,
+        )
     }
 
     fn gemm_conv2d_weight_backward(
