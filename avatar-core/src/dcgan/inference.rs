@@ -6,7 +6,6 @@ use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::nn::{BatchNorm, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
-use burn::tensor::module::conv_transpose2d;
 use burn::tensor::ops::ConvTransposeOptions;
 
 use super::generator::Generator;
@@ -88,13 +87,15 @@ impl FoldedLayer {
                 weight,
                 bias,
                 options,
-            } => conv_transpose2d(x, weight.clone(), bias.clone(), options.clone()),
+            } => {
+                crate::gemm_conv::conv_transpose2d(x, weight.clone(), bias.clone(), options.clone())
+            }
             FoldedLayer::Upsampled {
                 factor,
                 conv,
                 affine,
             } => {
-                let y = conv.forward(upsample_nearest(x, *factor));
+                let y = crate::gemm_conv::conv2d_layer(upsample_nearest(x, *factor), conv);
                 match affine {
                     Some((scale, shift)) => {
                         let c = scale.dims()[0];

@@ -15,6 +15,7 @@ use burn::tensor::{Tensor, TensorData};
 use super::generator::Generator;
 use super::transposed::TransposedGenerator;
 use crate::error::{AvatarError, Result};
+use crate::gemm_conv::conv_transpose2d_layer;
 use crate::host::f32_values;
 use crate::seed::NormalStream;
 
@@ -92,9 +93,9 @@ impl TransposedGenerator {
                 let [n, d] = z.dims();
                 let mut x = z.clone().without_autodiff().reshape([n, d, 1, 1]);
                 for block in &generator.blocks[..i] {
-                    x = relu(block.norm.forward(block.conv.forward(x)));
+                    x = relu(block.norm.forward(conv_transpose2d_layer(x, &block.conv)));
                 }
-                moments.add(generator.blocks[i].conv.forward(x))?;
+                moments.add(conv_transpose2d_layer(x, &generator.blocks[i].conv))?;
             }
             if moments.count == 0.0 {
                 return Err(AvatarError::invalid(

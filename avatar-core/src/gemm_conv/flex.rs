@@ -95,9 +95,15 @@ impl GemmConvBackend for Flex {
                 let options = ConvOptions::new([1, 1], padding, [1, 1], 1);
                 return Self::gemm_conv2d(output_grad, flipped, options);
             }
+            let [_, _, h, w] = dims(&x);
+            // A convolution to one pixel reading the whole unpadded input (a discriminator's
+            // last layer): its input gradient is one matrix product.
+            let whole = options.padding == [(0, 0), (0, 0)] && options.dilation == [1, 1];
+            if whole && dims(&weight)[2..] == [h, w] {
+                return single_pixel_conv_transpose(output_grad, weight);
+            }
             // A strided convolution's input gradient is the transposed convolution of the output
             // gradient landing on the input's size.
-            let [_, _, h, w] = dims(&x);
             let padding = options.padding.map(|(start, _)| start);
             if options.stride != [1, 1]
                 && options.dilation == [1, 1]
@@ -142,9 +148,12 @@ impl GemmConvBackend for Flex {
         weight: FlexTensor,
         options: ConvTransposeOptions<2>,
     ) -> FlexTensor {
-        let strided = options.stride != [1, 1] && options.dilation == [1, 1];
-        if strided && options.groups == 1 && is_f32(&[&x, &weight]) {
-            let [_, _, h, w] = dims(&x);
+        let plain = options.groups == 1 && options.dilation == [1, 1] && is_f32(&[&x, &weight]);
+        let [_, _, h, w] = dims(&x);
+        if plain && [h, w] == [1, 1] && options.padding == [0, 0] && options.padding_out == [0, 0] {
+            return single_pixel_conv_transpose(x, weight);
+        }
+        if plain && options.stride != [1, 1] {
             let [_, _, kh, kw] = dims(&weight);
             let out = [0, 1].map(|axis| {
                 let reach = [h, w][axis].checked_sub(1)? * options.stride[axis]
@@ -207,6 +216,17 @@ const GROUP_BYTES: usize = 1 << 20;
 /// output pixels.
 const BAND_BYTES: usize = 8 << 20;
 
+/// Output planes of at least this many pixels take their weight gradient image by image against
+/// the NCHW output gradient read transposed (no channels-last copy).
+const NCHW_GRADIENT_PIXELS: usize = 256;
+
+/// The largest columns matrix of one output channel a [`phased_conv_transpose`] builds.
+const PHASED_COLUMN_BYTES: usize = 8 << 20;
+
+/// The fewest gemm rows (output channels times kernel taps) a [`phased_conv_transpose`] group
+/// computes, where the layer has that many.
+const PHASED_GEMM_ROWS: usize = 64;
+
 /// About how many output pixels (im2col columns) one band holds (256-2,048 measured at SD's
 /// VAE shapes: 512 was best, within this machine's noise).
 const BAND_COLUMNS: usize = 512;
@@ -250,30 +270,80 @@ impl Patches {
     }
 
     /// `columns [C kh kw, N oh ow] x rhs [N oh ow, K]` -> `[C kh kw, K]`, the columns being the
-    /// im2col matrix of `x [N, C, h, w]` and `rhs` the NHWC matrix of `other [N, K, oh, ow]`:
-    /// a weight gradient, summed over the batch group by group.
+    /// im2col matrix of `x [N, C, h, w]` and `rhs` the matrix `[N oh ow, K]` of `other [N, K,
+    /// oh, ow]`: a weight gradient, summed over the batch group by group.
     fn weight_gradient(&self, x: FlexTensor, other: FlexTensor) -> FlexTensor {
         let [n, channels, h, w] = dims(&x);
+        let inner = dims(&other)[1];
         let [kh, kw] = self.kernel;
         let plane = self.out[0] * self.out[1];
         let rows = channels * kh * kw;
-        let other = channels_last(other);
-        let inner = other.layout().shape()[1];
         let x = x.to_contiguous();
         let x: &[f32] = x.as_slice().expect("contiguous f32");
         let group = images_per_group(rows * plane, n)
             .max(GRADIENT_GROUP_COLUMNS.div_ceil(plane.max(1)))
             .min(n.max(1));
+        let groups = n.div_ceil(group);
+        // Large planes: gemm reads each image's `[K, oh ow]` transposed in place, one image at a
+        // time; small ones: one gemm per group against the channels-last copy (a gemm over a few
+        // dozen pixels runs well below its peak).
+        let per_image = plane >= NCHW_GRADIENT_PIXELS;
+        let other = if per_image {
+            other.to_contiguous()
+        } else {
+            channels_last(other)
+        };
+        let parallelism = if groups >= rayon::current_num_threads() {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(0)
+        };
         // Summed in group order after all are computed: a parallel reduction's tree (and so its
         // rounding) changes with the thread schedule, and a resumed training run must repeat.
-        let partials: Vec<Vec<f32>> = (0..n.div_ceil(group))
+        let partials: Vec<Vec<f32>> = (0..groups)
             .into_par_iter()
             .map(|index| {
                 let (first, count) = (index * group, group.min(n - index * group));
                 let phases = self.phase_rows(x, [channels, h, w], first..first + count);
                 let columns = self.im2col(&phases, 0..self.out[0]);
-                let partial = matmul(columns, other.narrow(0, first * plane, count * plane));
-                partial.into_data().try_into_vec::<f32>().expect("f32")
+                if !per_image {
+                    let partial = matmul(columns, other.narrow(0, first * plane, count * plane));
+                    return partial.into_data().try_into_vec::<f32>().expect("f32");
+                }
+                let columns: &[f32] = columns.as_slice().expect("contiguous f32");
+                let other: &[f32] = other.as_slice().expect("contiguous f32");
+                let mut partial = vec![0.0f32; rows * inner];
+                for image in 0..count {
+                    // partial [rows, K] (+)= columns[:, image plane..][..plane] other_b^T
+                    // SAFETY: `columns` is the contiguous `[rows, count plane]`, read from column
+                    // `image plane` (`+ plane <= count plane`); image `first + image < n` of
+                    // `other` the contiguous `[K, plane]` read transposed (row stride 1, column
+                    // stride `plane`); `partial` holds `rows * K` values, row stride `K`.
+                    unsafe {
+                        gemm::gemm(
+                            rows,
+                            inner,
+                            plane,
+                            partial.as_mut_ptr(),
+                            1,
+                            inner as isize,
+                            image > 0,
+                            columns[image * plane..].as_ptr(),
+                            1,
+                            (count * plane) as isize,
+                            other[(first + image) * inner * plane..].as_ptr(),
+                            plane as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            parallelism,
+                        )
+                    }
+                }
+                partial
             })
             .collect();
         let sum = partials
@@ -417,12 +487,15 @@ fn axis_phases(kernel: usize, stride: usize, padding: usize, out: usize) -> Opti
 }
 
 /// A strided, undilated, ungrouped transposed convolution `x [N, C, h, w]`, `weight [C, O, kh,
-/// kw]` -> `[N, O, out_h, out_w]`: per image the gemm `weight^T x` (the columns `[O kh kw, h w]`,
-/// as flex computes them), then a col2im that builds each output row one stride phase at a time
-/// (the phase's pixels are sums of contiguous, shifted column rows: vector adds) and stores the
-/// phases interleaved, where flex's col2im adds every column element into its strided output
-/// pixel one by one (14% of a DCGAN training step on flex here). `None` where a phase would need a
-/// negative padding or one image's columns exceed [`BAND_BYTES`].
+/// kw]` -> `[N, O, out_h, out_w]`: per image and group of output channels the gemm `weight^T x`
+/// (the group's columns `[g kh kw, h w]`, about [`GROUP_BYTES`]: they stay in cache until read
+/// back), then a col2im that builds each output row one stride phase at a time (the phase's
+/// pixels are sums of contiguous, shifted column rows: vector adds) and stores the phases
+/// interleaved, where flex computes one image's columns whole (tens of MiB at the seed Keras
+/// generators' last layers, read back from memory) and adds every column element into its
+/// strided output pixel one by one (14% of a DCGAN training step on flex here). `None` where a
+/// phase would need a negative padding or one output channel's columns exceed
+/// [`PHASED_COLUMN_BYTES`].
 fn phased_conv_transpose(
     x: &FlexTensor,
     weight: &FlexTensor,
@@ -442,30 +515,39 @@ fn phased_conv_transpose(
     };
     let (plane, taps) = (h * w, kh * kw);
     let m = out_channels * taps;
-    if m * plane * std::mem::size_of::<f32>() > BAND_BYTES {
+    let channel_bytes = taps * plane * std::mem::size_of::<f32>();
+    if channel_bytes > PHASED_COLUMN_BYTES {
         return None;
     }
+    // Output channels per group: about GROUP_BYTES of columns, and at least 64 gemm rows (a
+    // shorter gemm runs well below its peak) where there are that many.
+    let group = (GROUP_BYTES / channel_bytes.max(1))
+        .max(PHASED_GEMM_ROWS.div_ceil(taps))
+        .clamp(1, out_channels.max(1));
     let weight = weight.to_contiguous();
     let weight: &[f32] = weight.as_slice().expect("contiguous f32");
     let x = x.to_contiguous();
     let x: &[f32] = x.as_slice().expect("contiguous f32");
     let out_plane = out[0] * out[1];
     let mut output = vec![0.0f32; n * out_channels * out_plane];
-    // `[O kh kw, h w] = weight^T [C, O kh kw]^T x_b [C, h w]`
-    // SAFETY: `columns` holds `m * plane` values written with row stride `plane`; `weight` is
-    // the contiguous `[C, m]` read transposed (column stride `m`), and image `b` of `x` the
-    // contiguous `[C, plane]` (both checked by their shapes above).
-    let columns_of = |b: usize, columns: &mut [f32], parallel: bool| unsafe {
-        debug_assert_eq!(columns.len(), m * plane);
+    // Columns `[g kh kw, h w]` of output channels `first..first + g` of image `b`:
+    // `weight[:, first kh kw..][..g kh kw]^T x_b [C, h w]`.
+    // SAFETY: `columns` holds at least `rows * plane` values written with row stride `plane`;
+    // `weight` is the contiguous `[C, m]` read transposed (column stride `m`) from row
+    // `first kh kw`, `first kh kw + rows <= m`, and image `b` of `x` the contiguous `[C, plane]`
+    // (both checked by their shapes above).
+    let columns_of = |b: usize, first: usize, columns: &mut [f32], parallel: bool| unsafe {
+        let rows = columns.len() / plane.max(1);
+        debug_assert!(first * taps + rows <= m && rows * plane == columns.len());
         gemm::gemm(
-            m,
+            rows,
             plane,
             channels,
             columns.as_mut_ptr(),
             1,
             plane as isize,
             false,
-            weight.as_ptr(),
+            weight[first * taps..].as_ptr(),
             m as isize,
             1,
             x[b * channels * plane..].as_ptr(),
@@ -483,26 +565,44 @@ fn phased_conv_transpose(
             },
         )
     };
-    if n >= rayon::current_num_threads() {
-        output
-            .par_chunks_mut(out_channels * out_plane)
-            .enumerate()
-            .for_each(|(b, output)| {
-                let mut columns = vec![0.0f32; m * plane];
-                columns_of(b, &mut columns, false);
-                for (o, output) in output.chunks_mut(out_plane).enumerate() {
-                    col2im.channel(&columns[o * taps * plane..][..taps * plane], output);
-                }
-            });
+    // (image, first channel, the group's output planes)
+    let tasks: Vec<(usize, usize, &mut [f32])> = output
+        .chunks_mut(out_channels * out_plane)
+        .enumerate()
+        .flat_map(|(b, image)| {
+            image
+                .chunks_mut(group * out_plane)
+                .enumerate()
+                .map(move |(index, planes)| (b, index * group, planes))
+        })
+        .collect();
+    let col2im_group = |columns: &[f32], planes: &mut [f32]| {
+        for (o, plane_out) in planes.chunks_mut(out_plane).enumerate() {
+            col2im.channel(&columns[o * taps * plane..][..taps * plane], plane_out);
+        }
+    };
+    if tasks.len() >= rayon::current_num_threads() {
+        // One columns buffer per worker, not per task: a fresh one costs its memset and page
+        // faults.
+        tasks.into_par_iter().for_each_init(
+            || vec![0.0f32; group * taps * plane],
+            |buffer, (b, first, planes)| {
+                let columns = &mut buffer[..planes.len() / out_plane * taps * plane];
+                columns_of(b, first, columns, false);
+                col2im_group(columns, planes);
+            },
+        );
     } else {
-        let mut columns = vec![0.0f32; m * plane];
-        for (b, output) in output.chunks_mut(out_channels * out_plane).enumerate() {
-            columns_of(b, &mut columns, true);
-            output
+        let mut buffer = vec![0.0f32; group * taps * plane];
+        for (b, first, planes) in tasks {
+            let columns = &mut buffer[..planes.len() / out_plane * taps * plane];
+            columns_of(b, first, columns, true);
+            let columns = &*columns;
+            planes
                 .par_chunks_mut(out_plane)
                 .enumerate()
-                .for_each(|(o, output)| {
-                    col2im.channel(&columns[o * taps * plane..][..taps * plane], output)
+                .for_each(|(o, plane_out)| {
+                    col2im.channel(&columns[o * taps * plane..][..taps * plane], plane_out)
                 });
         }
     }
@@ -510,6 +610,18 @@ fn phased_conv_transpose(
         output,
         [n, out_channels, out[0], out[1]],
     )))
+}
+
+/// The transposed convolution of one-pixel images `x [N, C, 1, 1]` by `weight [C, O, kh, kw]`
+/// (unpadded, undilated; the stride plays no part): `[N, C] x [C, O kh kw]` -> `[N, O, kh, kw]`,
+/// one matrix product where flex runs one matrix-vector product per image and a col2im (a
+/// generator's first layer, from the latent: 18% of a 128 px training step on flex here).
+fn single_pixel_conv_transpose(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+    let [n, channels, _, _] = dims(&x);
+    let [_, out_channels, kh, kw] = dims(&weight);
+    let x = matrix(x, [n, channels]);
+    let weight = matrix(weight, [channels, out_channels * kh * kw]);
+    matmul(x, weight).reshape(Shape::new([n, out_channels, kh, kw]))
 }
 
 /// The col2im of [`phased_conv_transpose`]: output pixel `(stride_h q + r_h, stride_w q' +
@@ -533,45 +645,78 @@ impl PhasedCol2im {
         )
     }
 
+    /// Per row phase, each column phase's pixels as an image `[row.len, width]` (`width` the
+    /// longest column phase), summed tap by tap from shifted column rows; then the phases'
+    /// rows stored interleaved.
     #[inline(always)]
     fn channel_kernel(&self, columns: &[f32], output: &mut [f32]) {
         let ([h, w], [_, kw], [sh, sw]) = (self.input, self.kernel, self.stride);
-        let plane = h * w;
-        let mut sums = vec![0.0f32; self.columns.iter().map(|c| c.len).max().unwrap_or(0)];
+        let (plane, out_w) = (h * w, self.out[1]);
+        let width = self.columns.iter().map(|c| c.len).max().unwrap_or(0);
+        let height = self.rows.iter().map(|r| r.len).max().unwrap_or(0);
+        let mut images = vec![0.0f32; self.columns.len() * height * width];
         for row in &self.rows {
-            for q in 0..row.len {
-                let line = &mut output[(sh * q + row.residue) * self.out[1]..][..self.out[1]];
-                for column in &self.columns {
-                    let sums = &mut sums[..column.len];
-                    sums.fill(0.0);
-                    for j in 0..row.taps {
-                        let Some(iy) = (q + j).checked_sub(row.padding).filter(|&iy| iy < h) else {
+            let images = &mut images[..self.columns.len() * row.len * width];
+            images.fill(0.0);
+            for (column, image) in self.columns.iter().zip(images.chunks_mut(row.len * width)) {
+                for j in 0..row.taps {
+                    let ki = row.tap + sh * (row.taps - 1 - j);
+                    // image row q reads input row q + j - padding where that lies in the image.
+                    let first_q = row.padding.saturating_sub(j);
+                    let last_q = (h + row.padding).saturating_sub(j).min(row.len);
+                    for k in 0..column.taps {
+                        let kj = column.tap + sw * (column.taps - 1 - k);
+                        // image column q' reads input column q' + k - padding likewise.
+                        let first = column.padding.saturating_sub(k);
+                        let last = (w + column.padding).saturating_sub(k).min(column.len);
+                        if first >= last {
                             continue;
-                        };
-                        let ki = row.tap + sh * (row.taps - 1 - j);
-                        for k in 0..column.taps {
-                            let kj = column.tap + sw * (column.taps - 1 - k);
-                            let source = &columns[(ki * kw + kj) * plane + iy * w..][..w];
-                            // sums[q'] += source[q' + k - padding] where that lies in the row.
-                            let first = column.padding.saturating_sub(k);
-                            let last = (w + column.padding).saturating_sub(k).min(column.len);
-                            if first >= last {
-                                continue;
-                            }
-                            let from = first + k - column.padding;
-                            sums[first..last]
+                        }
+                        let from = first + k - column.padding;
+                        let tap = &columns[(ki * kw + kj) * plane..][..plane];
+                        for q in first_q..last_q {
+                            let iy = q + j - row.padding;
+                            image[q * width + first..q * width + last]
                                 .iter_mut()
-                                .zip(&source[from..from + last - first])
+                                .zip(&tap[iy * w + from..])
                                 .for_each(|(sum, &value)| *sum += value);
                         }
                     }
-                    line[column.residue..]
-                        .iter_mut()
-                        .step_by(sw)
-                        .zip(sums.iter())
-                        .for_each(|(out, &sum)| *out = sum);
                 }
             }
+            for q in 0..row.len {
+                let line = &mut output[(sh * q + row.residue) * out_w..][..out_w];
+                let rows = |phase: usize| &images[(phase * row.len + q) * width..][..width];
+                match (sw, self.columns.len()) {
+                    (2, 2) if out_w == 2 * width => interleave::<2>(line, [rows(0), rows(1)]),
+                    (3, 3) if out_w == 3 * width => {
+                        interleave::<3>(line, [rows(0), rows(1), rows(2)])
+                    }
+                    (4, 4) if out_w == 4 * width => {
+                        interleave::<4>(line, [rows(0), rows(1), rows(2), rows(3)])
+                    }
+                    _ => {
+                        for (index, column) in self.columns.iter().enumerate() {
+                            line[column.residue..]
+                                .iter_mut()
+                                .step_by(sw)
+                                .zip(&rows(index)[..column.len])
+                                .for_each(|(out, &sum)| *out = sum);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `line[S i + r] = phases[r][i]`: `S` equally long phases stored interleaved (a fixed `S`
+/// lets the compiler use vector shuffles instead of strided scalar stores).
+#[inline(always)]
+fn interleave<const S: usize>(line: &mut [f32], phases: [&[f32]; S]) {
+    for (i, pixels) in line.chunks_exact_mut(S).enumerate() {
+        for (pixel, phase) in pixels.iter_mut().zip(phases) {
+            *pixel = phase[i];
         }
     }
 }
@@ -590,9 +735,9 @@ fn transposed(x: FlexTensor) -> FlexTensor {
     x.transpose(0, 1).to_contiguous()
 }
 
-/// A weight `[O, ...]` as the contiguous matrix `[O, rest]`.
-fn matrix(weight: FlexTensor, shape: [usize; 2]) -> FlexTensor {
-    weight.to_contiguous().reshape(Shape::new(shape))
+/// A tensor `[A, ...]` as the contiguous matrix `[A, rest]`.
+fn matrix(x: FlexTensor, shape: [usize; 2]) -> FlexTensor {
+    x.to_contiguous().reshape(Shape::new(shape))
 }
 
 fn dims(x: &FlexTensor) -> [usize; 4] {

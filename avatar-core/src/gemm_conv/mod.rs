@@ -21,12 +21,17 @@
 //!   about 512 output pixels in parallel; its input gradient, for strided convolutions, with the
 //!   transposed convolution below, for stride-1 convolutions on planes of 256^2 pixels or more
 //!   (where col2im costs more than an im2col) as the im2col `conv2d` of the output gradient with
-//!   the flipped weight, and otherwise with flex's own (gemm + col2im);
+//!   the flipped weight, for a convolution to one pixel over its whole unpadded input (a
+//!   discriminator's last layer) as one matrix product, and otherwise with flex's own (gemm +
+//!   col2im);
 //! - a strided `conv_transpose2d`'s forward pass as flex's gemm per image followed by a col2im
 //!   that builds each output row one stride phase at a time from contiguous vector adds (flex's
-//!   col2im adds element by element into strided pixels); its input gradient with the im2col
-//!   `conv2d` above and its weight gradient as gemms against the im2col of the output gradient,
-//!   grouped the same way.
+//!   col2im adds element by element into strided pixels), and one from one-pixel images (a
+//!   generator's first layer, from the latent) as one matrix product `[N, C] x [C, O kh kw]`
+//!   (flex: a matrix-vector product per image, then its col2im); its input gradient with the
+//!   im2col `conv2d` above and its weight gradient as gemms against the im2col of the output
+//!   gradient, grouped the same way. The forward pass takes this route with or without
+//!   autodiff (inference too).
 //!
 //! Every other device (wgpu, CUDA), dtype (f16, bf16) and every grouped convolution takes burn's
 //! own operations, as does a pointwise (1x1, stride 1, unpadded) `conv2d` recording no gradient
@@ -139,8 +144,8 @@ pub fn conv2d(
     add_bias(y, bias)
 }
 
-/// `burn::tensor::module::conv_transpose2d`, through [`GemmConvBackend`] on flex devices
-/// recording gradients (the forward pass alone is flex's own either way).
+/// `burn::tensor::module::conv_transpose2d`, through [`GemmConvBackend`] on flex devices (with
+/// or without autodiff).
 pub fn conv_transpose2d(
     x: Tensor<4>,
     weight: Tensor<4>,
@@ -149,7 +154,7 @@ pub fn conv_transpose2d(
 ) -> Tensor<4> {
     // The input gradient is a `conv2d` landing on the input's size when `padding_out < stride`.
     let lands = (0..2).all(|axis| options.padding_out[axis] < options.stride[axis]);
-    if options.groups != 1 || !lands || !x.device().is_autodiff() || !takes_gemm_path(&x, &weight) {
+    if options.groups != 1 || !lands || !takes_gemm_path(&x, &weight) {
         return module::conv_transpose2d(x, weight, bias, options);
     }
     let y = Tensor::from_dispatch(

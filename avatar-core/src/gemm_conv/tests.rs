@@ -58,7 +58,9 @@ fn conv2d_matches_burn_with_gradients() {
         (2, 3, 4, [11, 10], [3, 2], [2, 3], [0, 2], [1, 1]),
         (1, 2, 3, [12, 12], [3, 3], [1, 2], [2, 1], [2, 2]),
         (4, 16, 1, [4, 4], [4, 4], [1, 1], [0, 0], [1, 1]), // discriminator output
+        (3, 6, 2, [5, 3], [5, 3], [2, 2], [0, 0], [1, 1]),  // one output pixel, strided
         (3, 16, 8, [64, 64], [4, 4], [2, 2], [1, 1], [1, 1]), // 1 MiB im2col: a group per image
+        (4, 2, 3, [32, 32], [3, 3], [1, 1], [1, 1], [1, 1]), // 4 images of 32^2 in one group
         (2, 64, 4, [130, 90], [3, 3], [1, 2], [1, 1], [1, 1]), // 13 MiB per image: bands of rows
         (2, 3, 4, [4, 5], [3, 3], [1, 1], [8, 8], [8, 8]),  // U²-Net: taps wholly in the padding
         (2, 3, 4, [6, 7], [1, 1], [1, 1], [1, 1], [1, 1]),  // padded 1x1: a border of bias alone
@@ -96,12 +98,16 @@ fn conv_transpose2d_matches_burn_with_gradients() {
     let cases = [
         (3, 8, 4, [8, 8], [4, 4], [2, 2], [1, 1], [0, 0], [1, 1]), // DCGAN generator stage
         (2, 10, 6, [1, 1], [6, 6], [1, 1], [0, 0], [0, 0], [1, 1]), // latent projection
+        (3, 5, 4, [1, 1], [4, 3], [2, 3], [0, 0], [0, 0], [1, 1]), // one pixel: stride unused
+        (2, 5, 4, [1, 1], [4, 4], [2, 2], [1, 1], [0, 0], [1, 1]), // one pixel, padded: phased
         (2, 3, 5, [5, 6], [3, 3], [2, 2], [1, 1], [1, 1], [1, 1]),
         (1, 4, 3, [4, 5], [3, 2], [3, 2], [1, 0], [2, 1], [2, 1]),
         (3, 8, 16, [32, 32], [4, 4], [2, 2], [1, 1], [0, 0], [1, 1]), // a group per image
         (1, 6, 4, [7, 9], [4, 4], [2, 2], [1, 1], [1, 0], [1, 1]), // one image: channels in parallel
         (2, 3, 4, [5, 4], [1, 2], [2, 3], [0, 0], [1, 2], [1, 1]), // phases without taps: zeros
         (2, 3, 4, [6, 5], [5, 3], [3, 2], [2, 1], [0, 1], [1, 1]),
+        (2, 3, 4, [4, 5], [5, 5], [3, 3], [1, 1], [0, 0], [1, 1]), // seed Keras x3 upsampling
+        (1, 2, 3, [3, 4], [6, 6], [4, 4], [1, 1], [0, 0], [1, 1]), // seed Keras x4 upsampling
         (2, 3, 4, [6, 6], [2, 2], [2, 2], [2, 2], [0, 0], [1, 1]), // beyond the taps' reach: flex's
     ];
     for (n, cin, cout, [h, w], kernel, stride, padding, padding_out, dilation) in cases {
@@ -120,7 +126,7 @@ fn conv_transpose2d_matches_burn_with_gradients() {
 }
 
 #[test]
-fn grouped_and_untracked_convolutions_take_burns_path_with_the_same_values() {
+fn grouped_and_untracked_convolutions_give_burns_values() {
     let device = Device::flex();
     let x = random([2, 4, 9, 9], &device);
     let grouped = ConvOptions::new([2, 2], [1, 1], [1, 1], 2);
@@ -140,14 +146,19 @@ fn grouped_and_untracked_convolutions_take_burns_path_with_the_same_values() {
             &module::conv2d(x.clone(), weight, None, options).into_data(),
             Tolerance::absolute(1e-4),
         );
+    // Transposed: strided (phased col2im), and from one pixel (one matrix product).
     let up = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
     let weight = random([4, 3, 4, 4], &device);
-    conv_transpose2d(x.clone(), weight.clone(), None, up.clone())
-        .into_data()
-        .assert_eq(
-            &module::conv_transpose2d(x, weight, None, up).into_data(),
-            true,
-        );
+    let latent = random([3, 4, 1, 1], &device);
+    let project = ConvTransposeOptions::new([1, 1], [0, 0], [0, 0], [1, 1], 1);
+    for (x, options) in [(x, up), (latent, project)] {
+        conv_transpose2d(x.clone(), weight.clone(), None, options.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &module::conv_transpose2d(x, weight.clone(), None, options).into_data(),
+                Tolerance::absolute(1e-4),
+            );
+    }
 }
 
 #[test]
