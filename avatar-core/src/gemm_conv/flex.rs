@@ -491,9 +491,9 @@ fn axis_phases(kernel: usize, stride: usize, padding: usize, out: usize) -> Opti
 /// (the group's columns `[g kh kw, h w]`, about [`GROUP_BYTES`]: they stay in cache until read
 /// back), then a col2im that builds each output row one stride phase at a time (the phase's
 /// pixels are sums of contiguous, shifted column rows: vector adds) and stores the phases
-/// interleaved, where flex computes one image's columns whole (tens of MiB at the seed Keras
+/// interleaved, where flex computes one image's columns whole (13-19 MiB at the seed Keras
 /// generators' last layers, read back from memory) and adds every column element into its
-/// strided output pixel one by one (14% of a DCGAN training step on flex here). `None` where a
+/// strided output pixel one by one. `None` where a
 /// phase would need a negative padding or one output channel's columns exceed
 /// [`PHASED_COLUMN_BYTES`].
 fn phased_conv_transpose(
@@ -615,7 +615,7 @@ fn phased_conv_transpose(
 /// The transposed convolution of one-pixel images `x [N, C, 1, 1]` by `weight [C, O, kh, kw]`
 /// (unpadded, undilated; the stride plays no part): `[N, C] x [C, O kh kw]` -> `[N, O, kh, kw]`,
 /// one matrix product where flex runs one matrix-vector product per image and a col2im (a
-/// generator's first layer, from the latent: 18% of a 128 px training step on flex here).
+/// generator's first layer, from the latent).
 fn single_pixel_conv_transpose(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
     let [n, channels, _, _] = dims(&x);
     let [_, out_channels, kh, kw] = dims(&weight);
