@@ -216,6 +216,9 @@ const GROUP_BYTES: usize = 1 << 20;
 /// output pixels.
 const BAND_BYTES: usize = 8 << 20;
 
+/// The fewest values one rayon task of the phase split copies.
+const PHASE_SPLIT_VALUES: usize = 16 << 10;
+
 /// Output planes of at least this many pixels take their weight gradient image by image against
 /// the NCHW output gradient read transposed (no channels-last copy).
 const NCHW_GRADIENT_PIXELS: usize = 256;
@@ -427,9 +430,12 @@ impl Patches {
         } else {
             let row_len = stride * phase_len;
             let mut phases = vec![0.0f32; images.len() * channels * h * row_len];
+            // Rows are short (tens of pixels at DCGAN's layers): rayon gets runs of them, not
+            // one task per row.
             phases
                 .par_chunks_mut(row_len)
                 .zip(x.par_chunks(w))
+                .with_min_len(PHASE_SPLIT_VALUES.div_ceil(row_len))
                 .for_each(|(target, source)| {
                     // `ix = j * stride + r`, without a division per element.
                     for (j, group) in source.chunks(stride).enumerate() {
