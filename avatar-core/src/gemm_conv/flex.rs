@@ -435,7 +435,7 @@ impl Patches {
             phases
                 .par_chunks_mut(row_len)
                 .zip(x.par_chunks(w))
-                .with_min_len(PHASE_SPLIT_VALUES.div_ceil(row_len))
+                .with_min_len(PHASE_SPLIT_VALUES.div_ceil(row_len.max(1)))
                 .for_each(|(target, source)| {
                     // `ix = j * stride + r`, without a division per element.
                     for (j, group) in source.chunks(stride).enumerate() {
@@ -500,8 +500,8 @@ fn axis_phases(kernel: usize, stride: usize, padding: usize, out: usize) -> Opti
 /// interleaved, where flex computes one image's columns whole (13-19 MiB at the seed Keras
 /// generators' last layers, read back from memory) and adds every column element into its
 /// strided output pixel one by one. `None` where a
-/// phase would need a negative padding or one output channel's columns exceed
-/// [`PHASED_COLUMN_BYTES`].
+/// phase would need a negative padding, a tensor is empty or one output channel's columns
+/// exceed [`PHASED_COLUMN_BYTES`].
 fn phased_conv_transpose(
     x: &FlexTensor,
     weight: &FlexTensor,
@@ -522,7 +522,10 @@ fn phased_conv_transpose(
     let (plane, taps) = (h * w, kh * kw);
     let m = out_channels * taps;
     let channel_bytes = taps * plane * std::mem::size_of::<f32>();
-    if channel_bytes > PHASED_COLUMN_BYTES {
+    // Empty tensors (nothing to split into tasks) and oversized channels: flex's own.
+    if n * channels * out_channels * out[0] * out[1] * channel_bytes == 0
+        || channel_bytes > PHASED_COLUMN_BYTES
+    {
         return None;
     }
     // Output channels per group: about GROUP_BYTES of columns, and at least 64 gemm rows (a
