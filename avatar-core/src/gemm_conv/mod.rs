@@ -24,8 +24,9 @@
 //!   the flipped weight, for a convolution to one pixel over its whole unpadded input (a
 //!   discriminator's last layer) as one matrix product, and otherwise with flex's own (gemm +
 //!   col2im);
-//! - a strided `conv_transpose2d`'s forward pass as flex's gemm per image followed by a col2im
-//!   that builds each output row one stride phase at a time from contiguous vector adds (flex's
+//! - a strided `conv_transpose2d`'s forward pass as a gemm per image and group of output
+//!   channels (about 1 MiB of columns, read back while in cache) followed by a col2im that
+//!   builds each output row one stride phase at a time from contiguous vector adds (flex's
 //!   col2im adds element by element into strided pixels), and one from one-pixel images (a
 //!   generator's first layer, from the latent) as one matrix product `[N, C] x [C, O kh kw]`
 //!   (flex: a matrix-vector product per image, then its col2im); its input gradient with the
