@@ -217,6 +217,16 @@ impl NormalStream {
     pub fn take_vec(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.next_f32()).collect()
     }
+
+    /// The next `shape.iter().product()` samples as a tensor of `shape` (row-major) on `device`.
+    pub fn tensor<const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        device: &burn::tensor::Device,
+    ) -> burn::tensor::Tensor<D> {
+        let values = self.take_vec(shape.iter().product());
+        burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(values, shape), device)
+    }
 }
 
 #[cfg(test)]

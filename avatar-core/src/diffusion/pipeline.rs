@@ -876,8 +876,7 @@ impl StableDiffusion {
     }
 
     fn noise(&self, stream: &mut NormalStream, shape: [usize; 4]) -> Tensor<4> {
-        let values = stream.take_vec(shape.iter().product());
-        Tensor::from_data(TensorData::new(values, shape), &self.device)
+        stream.tensor(shape, &self.device)
     }
 
     /// RGBA images (opaque) for `options`.

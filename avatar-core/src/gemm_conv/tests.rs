@@ -2,15 +2,17 @@
 
 use burn::tensor::module;
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
-use burn::tensor::{Device, Distribution, Tensor, TensorData, Tolerance};
+use burn::tensor::{Device, Tensor, TensorData, Tolerance};
 
 use super::{conv_transpose2d, conv2d};
+use crate::seed::NormalStream;
 
 /// `(output, d input, d weight, d bias)` of `loss = sum(y^2)`.
 type Gradients = (TensorData, TensorData, TensorData, TensorData);
 
 /// Equal up to summation order: within 1e-4 relative, or 1e-5 of the largest magnitude (sums of
-/// thousands of products differ by more than 2e-4 on their small elements).
+/// thousands of products differ by more than 2e-4 on their small elements). Over 60 seeds of the
+/// two gradient tests the largest difference outside 1e-4 relative was 0.08 of this bound.
 fn close(ours: &Gradients, burns: &Gradients) {
     let pairs = [
         (&ours.0, &burns.0),
@@ -42,13 +44,10 @@ fn gradients(
     )
 }
 
-fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
-    Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
-}
-
 #[test]
 fn conv2d_matches_burn_with_gradients() {
     let device = Device::flex().autodiff();
+    let mut normal = NormalStream::new(41);
     // (batch, in, out, size (h, w), kernel, stride, padding, dilation); then uneven padding
     let cases = [
         (3, 4, 8, [16, 16], [4, 4], [2, 2], [1, 1], [1, 1]), // DCGAN discriminator stage
@@ -78,9 +77,9 @@ fn conv2d_matches_burn_with_gradients() {
         (2, 3, 5, [8, 9], [3, 3], uneven),
         (2, 3, 5, [8, 9], [3, 3], uneven_stride_one),
     ]) {
-        let x = random([n, cin, h, w], &device);
-        let weight = random([cout, cin, kernel[0], kernel[1]], &device);
-        let bias = random([cout], &device);
+        let x = normal.tensor([n, cin, h, w], &device);
+        let weight = normal.tensor([cout, cin, kernel[0], kernel[1]], &device);
+        let bias = normal.tensor([cout], &device);
         let ours = gradients(x.clone(), weight.clone(), bias.clone(), |x, w, b| {
             conv2d(x, w, Some(b), options.clone())
         });
@@ -94,6 +93,7 @@ fn conv2d_matches_burn_with_gradients() {
 #[test]
 fn conv_transpose2d_matches_burn_with_gradients() {
     let device = Device::flex().autodiff();
+    let mut normal = NormalStream::new(42);
     // (batch, in, out, size, kernel, stride, padding, output padding, dilation)
     let cases = [
         (3, 8, 4, [8, 8], [4, 4], [2, 2], [1, 1], [0, 0], [1, 1]), // DCGAN generator stage
@@ -111,9 +111,9 @@ fn conv_transpose2d_matches_burn_with_gradients() {
         (2, 3, 4, [6, 6], [2, 2], [2, 2], [2, 2], [0, 0], [1, 1]), // beyond the taps' reach: flex's
     ];
     for (n, cin, cout, [h, w], kernel, stride, padding, padding_out, dilation) in cases {
-        let x = random([n, cin, h, w], &device);
-        let weight = random([cin, cout, kernel[0], kernel[1]], &device);
-        let bias = random([cout], &device);
+        let x = normal.tensor([n, cin, h, w], &device);
+        let weight = normal.tensor([cin, cout, kernel[0], kernel[1]], &device);
+        let bias = normal.tensor([cout], &device);
         let options = ConvTransposeOptions::new(stride, padding, padding_out, dilation, 1);
         let ours = gradients(x.clone(), weight.clone(), bias.clone(), |x, w, b| {
             conv_transpose2d(x, w, Some(b), options.clone())
@@ -128,9 +128,10 @@ fn conv_transpose2d_matches_burn_with_gradients() {
 #[test]
 fn grouped_and_untracked_convolutions_give_burns_values() {
     let device = Device::flex();
-    let x = random([2, 4, 9, 9], &device);
+    let mut normal = NormalStream::new(43);
+    let x = normal.tensor([2, 4, 9, 9], &device);
     let grouped = ConvOptions::new([2, 2], [1, 1], [1, 1], 2);
-    let weight = random([6, 2, 3, 3], &device);
+    let weight = normal.tensor([6, 2, 3, 3], &device);
     conv2d(x.clone(), weight.clone(), None, grouped.clone())
         .into_data()
         .assert_eq(
@@ -139,7 +140,7 @@ fn grouped_and_untracked_convolutions_give_burns_values() {
         );
     // No autodiff: the plain forward of both.
     let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
-    let weight = random([3, 4, 4, 4], &device);
+    let weight = normal.tensor([3, 4, 4, 4], &device);
     conv2d(x.clone(), weight.clone(), None, options.clone())
         .into_data()
         .assert_approx_eq::<f32>(
@@ -148,8 +149,8 @@ fn grouped_and_untracked_convolutions_give_burns_values() {
         );
     // Transposed: strided (phased col2im), and from one pixel (one matrix product).
     let up = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
-    let weight = random([4, 3, 4, 4], &device);
-    let latent = random([3, 4, 1, 1], &device);
+    let weight = normal.tensor([4, 3, 4, 4], &device);
+    let latent = normal.tensor([3, 4, 1, 1], &device);
     let project = ConvTransposeOptions::new([1, 1], [0, 0], [0, 0], [1, 1], 1);
     for (x, options) in [(x, up), (latent, project)] {
         conv_transpose2d(x.clone(), weight.clone(), None, options.clone())
@@ -164,9 +165,10 @@ fn grouped_and_untracked_convolutions_give_burns_values() {
 #[test]
 fn a_frozen_weight_or_input_gets_no_gradient_and_the_other_does() {
     let device = Device::flex().autodiff();
+    let mut normal = NormalStream::new(44);
     let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
-    let x = random([2, 3, 8, 8], &device).require_grad();
-    let weight = random([4, 3, 4, 4], &device);
+    let x = normal.tensor([2, 3, 8, 8], &device).require_grad();
+    let weight = normal.tensor([4, 3, 4, 4], &device);
     let grads = conv2d(x.clone(), weight.clone(), None, options.clone())
         .sum()
         .backward();

@@ -181,10 +181,7 @@ impl Augmentations {
         if self.noise > 0.0 {
             let scales =
                 Tensor::<4>::from_data(TensorData::new(noise_scales, [n, 1, 1, 1]), &device);
-            let noise = Tensor::<4>::from_data(
-                TensorData::new(normal.take_vec(n * c * s * s), [n, c, s, s]),
-                &device,
-            );
+            let noise = normal.tensor([n, c, s, s], &device);
             batch = batch + noise * scales;
         }
         batch
