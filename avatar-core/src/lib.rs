@@ -43,6 +43,7 @@ pub mod segmentation;
 pub mod train;
 mod vector_dispatch;
 pub mod vqgan_clip;
+mod worker_pool;
 
 pub use avatar::{
     AvatarGenerator, EncodedAvatar, GenerateOptions, ModelSize, Progress, WeightsSource,

@@ -163,6 +163,11 @@ pub struct InferenceGenerator {
 impl InferenceGenerator {
     /// `[N, latent] -> [N, channels, R, R]` in [-1, 1].
     pub fn forward(&self, latent: Tensor<2>) -> Tensor<4> {
+        let device = latent.device();
+        crate::worker_pool::on_worker(&device, || self.forward_here(latent))
+    }
+
+    fn forward_here(&self, latent: Tensor<2>) -> Tensor<4> {
         let [n, z] = latent.dims();
         let mut x = match &self.stem {
             Stem::Dense(dense) => {

@@ -290,6 +290,11 @@ impl Trainer {
 
     /// One optimisation step of D then G on a batch from `data`.
     pub fn step(&mut self, data: &ImageDataset) -> Result<StepStats> {
+        let device = self.device.clone();
+        crate::worker_pool::on_worker(&device, || self.step_here(data))
+    }
+
+    fn step_here(&mut self, data: &ImageDataset) -> Result<StepStats> {
         let started = Instant::now();
         if data.resolution() != self.config.generator.resolution {
             return Err(AvatarError::invalid(
