@@ -259,6 +259,10 @@ impl OnnxGraph {
 
     /// Runs the graph on `inputs` (by name, logical shapes) and returns every graph output.
     pub fn run(&self, inputs: Vec<(String, Value)>) -> Result<Vec<Value>> {
+        crate::worker_pool::on_worker(&self.device, || self.run_here(inputs))
+    }
+
+    fn run_here(&self, inputs: Vec<(String, Value)>) -> Result<Vec<Value>> {
         let mut values: HashMap<String, Value> = inputs.into_iter().collect();
         for name in &self.inputs {
             if !values.contains_key(name) {

@@ -431,6 +431,11 @@ impl U2Net {
     /// `[N, 3, H, W]` (ImageNet-normalised) -> the seven sigmoid maps `[d0, d1, ..., d6]`, each
     /// `[N, out, H, W]`; `d0`, the fused one, is the mask.
     pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        let device = x.device();
+        crate::worker_pool::on_worker(&device, || self.forward_here(x))
+    }
+
+    fn forward_here(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
         let hx1 = self.stage1.forward(x);
         let hx2 = self.stage2.forward(pool(hx1.clone()));
         let hx3 = self.stage3.forward(pool(hx2.clone()));
