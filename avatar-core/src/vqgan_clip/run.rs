@@ -325,6 +325,18 @@ impl VqganClip {
         z: Tensor<4>,
         cutouts: &[Cutout],
         objective: &Objective,
+        augment: impl FnOnce(Tensor<4>) -> Tensor<4> + Send,
+    ) -> (LossParts, Tensor<4>) {
+        crate::worker_pool::on_worker(&self.device, || {
+            self.loss_and_grad_here(z, cutouts, objective, augment)
+        })
+    }
+
+    fn loss_and_grad_here(
+        &self,
+        z: Tensor<4>,
+        cutouts: &[Cutout],
+        objective: &Objective,
         augment: impl FnOnce(Tensor<4>) -> Tensor<4>,
     ) -> (LossParts, Tensor<4>) {
         let z = z.detach().require_grad();
