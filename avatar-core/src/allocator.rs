@@ -12,7 +12,7 @@
 //! It also keeps one heap for all threads (`M_ARENA_MAX` 1). Models run on rayon's workers
 //! (`worker_pool`), so tensors are allocated on one thread and freed on another; with an arena per
 //! thread each worker's heap kept its own high-water mark (DCGAN training at 96 px, batch 64:
-//! peak RSS 483 MiB before the worker pool, 636 MiB with it, 495 MiB with it and one arena, at the
+//! peak RSS 483 MiB before the worker pool, 636 MiB with it, 494 MiB with it and one arena, at the
 //! same speed; `benches/RESULTS.md`, session 24). Small allocations still come from per-thread
 //! caches (glibc's tcache).
 //!
@@ -26,8 +26,8 @@ use std::sync::OnceLock;
 pub const TOP_PAD: usize = 256 << 20;
 
 /// Sets glibc's `M_MMAP_MAX` to 0, `M_TOP_PAD` to [`TOP_PAD`], `M_TRIM_THRESHOLD` to -1 (no
-/// trimming) and `M_ARENA_MAX` to 1 once per process, unless `AVATAR_MALLOC_TUNING=0`; returns whether the tuning is in
-/// effect.
+/// trimming) and `M_ARENA_MAX` to 1 once per process, unless `AVATAR_MALLOC_TUNING=0`; returns
+/// whether the tuning is in effect.
 pub fn tune_for_tensors() -> bool {
     static APPLIED: OnceLock<bool> = OnceLock::new();
     *APPLIED.get_or_init(|| {
