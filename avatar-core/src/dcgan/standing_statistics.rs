@@ -152,10 +152,7 @@ impl Generator {
             .step_by(BATCH)
             .map(|start| {
                 let n = BATCH.min(samples - start);
-                Tensor::from_data(
-                    TensorData::new(stream.take_vec(n * latent_dim), [n, latent_dim]),
-                    &device,
-                )
+                stream.tensor([n, latent_dim], &device)
             })
             .collect();
         Ok(Generator::Transposed(
@@ -172,10 +169,7 @@ mod tests {
     use crate::dcgan::{GeneratorConfig, InferenceGenerator};
 
     fn latents(n: usize, dim: usize, seed: u64, device: &Device) -> Tensor<2> {
-        Tensor::from_data(
-            TensorData::new(NormalStream::new(seed).take_vec(n * dim), [n, dim]),
-            device,
-        )
+        NormalStream::new(seed).tensor([n, dim], device)
     }
 
     fn transposed(generator: Generator) -> TransposedGenerator {

@@ -24,7 +24,7 @@ use super::weights::read_config;
 use crate::avatar::Progress;
 use crate::error::{AvatarError, Result};
 use crate::imaging::{rgb_to_tensor, tensor_to_rgba};
-use crate::seed::{NormalStream, Seed};
+use crate::seed::Seed;
 
 /// Most images per call.
 pub const MAX_IMAGES: usize = 8;
@@ -704,7 +704,11 @@ impl StableDiffusion {
     ) -> Result<Tensor<4>> {
         let seed = options.seed.clone().unwrap_or_else(Seed::random);
         let mut stream = seed.normal_stream();
-        self.text_to_image_with_noise(options, |shape| self.noise(&mut stream, shape), progress)
+        self.text_to_image_with_noise(
+            options,
+            |shape| stream.tensor(shape, &self.device),
+            progress,
+        )
     }
 
     /// [`StableDiffusion::text_to_image_tensor`] drawing every noise tensor (initial latents
@@ -797,7 +801,7 @@ impl StableDiffusion {
             image,
             strength,
             options,
-            |shape| self.noise(&mut stream, shape),
+            |shape| stream.tensor(shape, &self.device),
             progress,
         )
     }
@@ -873,10 +877,6 @@ impl StableDiffusion {
             latents,
             options.vae_tiling,
         ))
-    }
-
-    fn noise(&self, stream: &mut NormalStream, shape: [usize; 4]) -> Tensor<4> {
-        stream.tensor(shape, &self.device)
     }
 
     /// RGBA images (opaque) for `options`.

@@ -312,14 +312,9 @@ impl Trainer {
         let batch = config.batch_size;
         let step = self.state.step + 1;
         let real = data.sample_batch(batch, config.flip, &mut self.data_rng, &self.device);
-        let latents = Tensor::from_data(
-            TensorData::new(
-                self.latent_rng
-                    .take_vec(batch * config.generator.latent_dim),
-                [batch, config.generator.latent_dim],
-            ),
-            &self.device,
-        );
+        let latents = self
+            .latent_rng
+            .tensor([batch, config.generator.latent_dim], &self.device);
         let fake = self.generator.forward(latents);
 
         let sigma = if config.instance_noise > 0.0 {
