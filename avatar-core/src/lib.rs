@@ -23,6 +23,7 @@
 pub mod activation;
 pub mod allocator;
 pub mod avatar;
+pub mod batch_norm;
 pub mod dcgan;
 pub mod device;
 pub mod diffusion;

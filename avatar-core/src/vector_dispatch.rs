@@ -29,6 +29,28 @@ pub(crate) fn widest<R>(kernel: impl FnOnce() -> R) -> R {
     kernel()
 }
 
+/// The accumulator width of [`lane_sum`] and the kernels' own sums: eight f32 lanes, which the
+/// compiler keeps in vector registers.
+pub(crate) const LANES: usize = 8;
+
+/// `Σ f(x)`, in [`LANES`] f32 lanes over blocks of 4,096 values, each block's total added in f64.
+#[inline(always)]
+pub(crate) fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    x.chunks(4096)
+        .map(|block| {
+            let mut lanes = [0.0f32; LANES];
+            let mut chunks = block.chunks_exact(LANES);
+            for chunk in chunks.by_ref() {
+                for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                    *lane += f(v);
+                }
+            }
+            let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+            lanes.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
+        })
+        .sum()
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn avx512<R>(kernel: impl FnOnce() -> R) -> R {

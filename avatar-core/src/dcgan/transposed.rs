@@ -3,11 +3,11 @@
 use burn::module::Module;
 use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::config::GeneratorConfig;
 use crate::activation::tanh;
+use crate::batch_norm::{Activation, batch_norm_activation};
 use crate::error::Result;
 use crate::gemm_conv::conv_transpose2d_layer;
 
@@ -75,7 +75,8 @@ impl TransposedGenerator {
         let [n, z] = latent.dims();
         let mut x = latent.reshape([n, z, 1, 1]);
         for block in &self.blocks {
-            x = relu(block.norm.forward(conv_transpose2d_layer(x, &block.conv)));
+            let x_conv = conv_transpose2d_layer(x, &block.conv);
+            x = batch_norm_activation(x_conv, &block.norm, Activation::Relu);
         }
         tanh(conv_transpose2d_layer(x, &self.output))
     }

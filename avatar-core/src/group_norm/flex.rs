@@ -7,7 +7,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{GroupNormBackend, GroupNormGradient, GroupNormOptions};
-use crate::vector_dispatch::widest;
+use crate::vector_dispatch::{LANES, lane_sum, widest};
 
 impl GroupNormBackend for Flex {
     fn fused_group_norm(
@@ -178,35 +178,14 @@ impl GroupNormGradient for Flex {
     }
 }
 
-/// The accumulator width: eight f32 lanes, which the compiler keeps in vector registers.
-const LANES: usize = 8;
-
 /// The mean and `1 / sqrt(variance + epsilon)` of a group's values (two passes: the variance
 /// from the deviations, not from the mean square, so that a large mean loses no precision).
 #[inline(always)]
 fn statistics(x: &[f32], epsilon: f64) -> (f32, f32) {
     let count = x.len().max(1) as f64;
-    let mean = (sum(x, |v| v) / count) as f32;
-    let variance = sum(x, |v| (v - mean) * (v - mean)) / count;
+    let mean = (lane_sum(x, |v| v) / count) as f32;
+    let variance = lane_sum(x, |v| (v - mean) * (v - mean)) / count;
     (mean, (1.0 / (variance + epsilon).sqrt()) as f32)
-}
-
-/// `Σ f(x)`, in [`LANES`] f32 lanes over blocks of 4,096 values, each block's total added in f64.
-#[inline(always)]
-fn sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    x.chunks(4096)
-        .map(|block| {
-            let mut lanes = [0.0f32; LANES];
-            let mut chunks = block.chunks_exact(LANES);
-            for chunk in chunks.by_ref() {
-                for (lane, &v) in lanes.iter_mut().zip(chunk) {
-                    *lane += f(v);
-                }
-            }
-            let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
-            lanes.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
-        })
-        .sum()
 }
 
 /// `x * sigmoid(x)`.
