@@ -6,7 +6,7 @@ use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{BatchNormBackend, BatchNormGradient, BatchNormOptions};
+use super::{BatchNormBackend, BatchNormGradient, BatchNormInferenceBackend, BatchNormOptions};
 use crate::vector_dispatch::{LANES, lane_sum, widest};
 
 impl BatchNormBackend for Flex {
@@ -33,34 +33,35 @@ impl BatchNormBackend for Flex {
             });
         let (mean, variance) = channel_statistics(&moments, channels, length);
         let affine = channel_affine(gamma, beta, &mean, &variance, options.epsilon);
-        let slope = options.negative_slope;
-        // Written once, element by element, below (not zeroed first: that would be one more
-        // pass over an activation-sized buffer).
-        let mut output = Vec::<f32>::with_capacity(x.len());
-        output.spare_capacity_mut()[..x.len()]
-            .par_chunks_mut(length)
-            .zip(x.par_chunks(length))
-            .enumerate()
-            .with_min_len(planes_per_task(length))
-            .for_each(|(plane, (output, x))| {
-                widest(
-                    #[inline(always)]
-                    || {
-                        let Affine { scale, shift, .. } = affine[plane % channels];
-                        for (o, &v) in output.iter_mut().zip(x) {
-                            o.write(activate(v * scale + shift, slope));
-                        }
-                    },
-                )
-            });
-        // SAFETY: the planes above cover all `x.len()` elements, and each wrote every one of its
-        // elements.
-        unsafe { output.set_len(x.len()) };
+        let output = normalise(x, &affine, length, options.negative_slope);
         (
             FlexTensor::from_data(TensorData::new(output, shape)),
             FlexTensor::from_data(TensorData::new(mean, [channels])),
             FlexTensor::from_data(TensorData::new(variance, [channels])),
         )
+    }
+}
+
+impl BatchNormInferenceBackend for Flex {
+    fn fused_batch_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        options: BatchNormOptions,
+    ) -> FlexTensor {
+        let shape = dims(&x);
+        let [x, gamma, beta, mean, variance] = [x, gamma, beta, mean, variance].map(contiguous);
+        let affine = channel_affine(
+            f32s(&gamma),
+            f32s(&beta),
+            f32s(&mean),
+            f32s(&variance),
+            options.epsilon,
+        );
+        let output = normalise(f32s(&x), &affine, shape[2], options.negative_slope);
+        FlexTensor::from_data(TensorData::new(output, shape))
     }
 }
 
@@ -201,6 +202,34 @@ fn channel_affine(
             }
         })
         .collect()
+}
+
+/// `activate(x * scale + shift, slope)` per `length`-value plane of `x`, the planes' channels
+/// cycling through `affine`.
+fn normalise(x: &[f32], affine: &[Affine], length: usize, slope: f32) -> Vec<f32> {
+    // Written once, element by element, below (not zeroed first: that would be one more pass
+    // over an activation-sized buffer).
+    let mut output = Vec::<f32>::with_capacity(x.len());
+    output.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(length)
+        .zip(x.par_chunks(length))
+        .enumerate()
+        .with_min_len(planes_per_task(length))
+        .for_each(|(plane, (output, x))| {
+            widest(
+                #[inline(always)]
+                || {
+                    let Affine { scale, shift, .. } = affine[plane % affine.len()];
+                    for (o, &v) in output.iter_mut().zip(x) {
+                        o.write(activate(v * scale + shift, slope));
+                    }
+                },
+            )
+        });
+    // SAFETY: the planes above cover all `x.len()` elements, and each wrote every one of its
+    // elements.
+    unsafe { output.set_len(x.len()) };
+    output
 }
 
 /// `z` where positive, `slope * z` elsewhere (NaN stays NaN).

@@ -14,14 +14,19 @@
 //! Measured (session 25, ABBA): DCGAN training 19-27% more images/s, peak RSS 482 -> 423 MiB
 //! (96 px, widths 256-..-32, batch 64); the fused forward + backward are 4% of a step's profile
 //! where burn's were 10.5%.
-//! Everywhere else (inference, other devices and dtypes) it is burn's own `BatchNorm::forward`
-//! followed by the activation, so model code stays backend-generic.
+//! Outside autodiff graphs (inference, e.g. U²-Net's background removal) a second operation
+//! ([`BatchNormInferenceBackend`]) normalises with the running statistics and activates in one
+//! pass, where burn's `batch_norm` takes four and the activation one or more. Everywhere else
+//! (other devices and dtypes, evaluation mode inside an autodiff graph) it is burn's own
+//! `BatchNorm::forward` followed by the activation, so model code stays backend-generic.
 
 mod autodiff;
 mod flex;
 
+use burn::backend::Dispatch;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, backend_extension};
+use burn::module::RunningState;
 use burn::nn::BatchNorm;
 use burn::tensor::activation::relu;
 use burn::tensor::{DType, Tensor};
@@ -89,6 +94,22 @@ pub trait BatchNormBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
+/// The inference-mode operation behind [`batch_norm_activation`], outside autodiff graphs.
+#[backend_extension(Flex)]
+pub trait BatchNormInferenceBackend: Backend {
+    /// `x [N, C, L]` normalised per channel with the given `mean [C]` and `variance [C]` (the
+    /// running statistics), scaled, shifted and activated as in
+    /// [`BatchNormBackend::fused_batch_norm_train`].
+    fn fused_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        options: BatchNormOptions,
+    ) -> FloatTensor<Self>;
+}
+
 /// The gradients of [`BatchNormBackend::fused_batch_norm_train`], for the backends that run it.
 pub(crate) trait BatchNormGradient: Backend {
     /// `(dx, dgamma, dbeta)` from the forward pass's inputs, its statistics and the output
@@ -105,8 +126,9 @@ pub(crate) trait BatchNormGradient: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// `activation.apply(norm.forward(x))`, as one operation when training on flex; updates the
-/// running statistics in training mode as `norm.forward` does.
+/// `activation.apply(norm.forward(x))`, as one operation on flex (training under autodiff, or
+/// inference outside it); updates the running statistics in training mode as `norm.forward`
+/// does.
 ///
 /// ```
 /// use avatar_core::batch_norm::{Activation, batch_norm_activation};
@@ -124,49 +146,85 @@ pub fn batch_norm_activation<const D: usize>(
     norm: &BatchNorm,
     activation: Activation,
 ) -> Tensor<D> {
-    if !fused_applies(&x, norm) {
+    let Some(path) = fused_path(&x, norm) else {
         return activation.apply(norm.forward(x));
-    }
+    };
     let shape = x.dims();
     let rest = shape[2..].iter().product::<usize>();
-    let x = x.reshape([shape[0], shape[1], rest]);
+    let x = x.reshape([shape[0], shape[1], rest]).into_dispatch();
     let options = BatchNormOptions {
         epsilon: norm.epsilon,
         negative_slope: activation.negative_slope(),
     };
-    let (y, mean, variance) = <burn::backend::Dispatch as BatchNormBackend>::fused_batch_norm_train(
-        x.into_dispatch(),
+    let (gamma, beta) = (
         norm.gamma.val().into_dispatch(),
         norm.beta.val().into_dispatch(),
-        options,
     );
-    // burn's `BatchNorm::forward_train`, step for step.
-    let running = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
-        let updated = state
-            .value_sync()
-            .to_device(&batch.device())
-            .mul_scalar(1.0 - norm.momentum)
-            .add(batch.detach().mul_scalar(norm.momentum));
-        state.update(updated.detach());
+    let y = match path {
+        FusedPath::Training => {
+            let (y, mean, variance) =
+                <Dispatch as BatchNormBackend>::fused_batch_norm_train(x, gamma, beta, options);
+            // burn's `BatchNorm::forward_train`, step for step.
+            let running = |state: &RunningState<Tensor<1>>, batch: Tensor<1>| {
+                let updated = state
+                    .value_sync()
+                    .to_device(&batch.device())
+                    .mul_scalar(1.0 - norm.momentum)
+                    .add(batch.detach().mul_scalar(norm.momentum));
+                state.update(updated.detach());
+            };
+            running(&norm.running_mean, Tensor::from_dispatch(mean));
+            running(&norm.running_var, Tensor::from_dispatch(variance));
+            y
+        }
+        FusedPath::Inference { mean, variance } => {
+            <Dispatch as BatchNormInferenceBackend>::fused_batch_norm(
+                x,
+                gamma,
+                beta,
+                mean.into_dispatch(),
+                variance.into_dispatch(),
+                options,
+            )
+        }
     };
-    running(&norm.running_mean, Tensor::from_dispatch(mean));
-    running(&norm.running_var, Tensor::from_dispatch(variance));
     Tensor::<3>::from_dispatch(y).reshape(shape)
 }
 
-/// Whether `x` takes the fused operation: training mode under autodiff (where `norm.forward`
-/// uses the batch's statistics) on flex, f32 throughout, a shape `norm.forward` accepts.
-fn fused_applies<const D: usize>(x: &Tensor<D>, norm: &BatchNorm) -> bool {
+/// How [`batch_norm_activation`] runs on a flex device.
+enum FusedPath {
+    /// Under autodiff in training mode (where `norm.forward` uses the batch's statistics).
+    Training,
+    /// Outside autodiff (where `norm.forward` uses the running statistics, given here).
+    Inference {
+        mean: Tensor<1>,
+        variance: Tensor<1>,
+    },
+}
+
+/// The fused operation that `x` takes, if any: on flex, f32 throughout, a shape
+/// `norm.forward` accepts; `None` in autodiff graphs in evaluation mode and everywhere else.
+fn fused_path<const D: usize>(x: &Tensor<D>, norm: &BatchNorm) -> Option<FusedPath> {
     let shape = x.dims();
     let device = x.device();
-    D >= 2
+    let applies = D >= 2
         && shape.iter().all(|&size| size > 0)
         && norm.gamma.val().dims() == [shape[1]]
         && norm.beta.val().dims() == [shape[1]]
-        && device.is_autodiff()
-        && norm.training.is_enabled()
         && crate::gemm_conv::is_flex(&device)
-        && [x.dtype(), norm.gamma.val().dtype(), norm.beta.val().dtype()] == [DType::F32; 3]
+        && [x.dtype(), norm.gamma.val().dtype(), norm.beta.val().dtype()] == [DType::F32; 3];
+    if !applies {
+        return None;
+    }
+    if device.is_autodiff() {
+        return norm.training.is_enabled().then_some(FusedPath::Training);
+    }
+    let [mean, variance] =
+        [&norm.running_mean, &norm.running_var].map(|state| state.value().to_device(&device));
+    let statistics_apply = [&mean, &variance]
+        .iter()
+        .all(|s| s.dims() == [shape[1]] && s.dtype() == DType::F32);
+    statistics_apply.then_some(FusedPath::Inference { mean, variance })
 }
 
 #[cfg(test)]

@@ -141,19 +141,41 @@ fn matches_burns_batch_norm_and_activations_with_gradients_and_running_statistic
 }
 
 #[test]
-fn inference_and_other_dtypes_keep_burns_path() {
+fn inference_matches_and_other_dtypes_and_evaluation_graphs_keep_burns_path() {
     let mut normal = NormalStream::new(42);
-    // Without autodiff: running statistics, which stay as they were.
+    // Without autodiff: the running statistics (made unlike the initial zeros and ones), which
+    // stay as they were; every activation, ranks 4 and 2.
     let device = Device::flex();
-    let norm = norm(4, 1e-5, &mut normal, &device);
-    let x = normal.tensor([2, 4, 3, 3], &device);
-    let ours = batch_norm_activation(x.clone(), &norm, Activation::Relu);
-    ours.into_data()
-        .assert_eq(&Activation::Relu.apply(norm.forward(x)).into_data(), true);
+    let mut norm = norm(4, 1e-3, &mut normal, &device);
+    norm.running_mean = RunningState::new(normal.tensor([4], &device));
+    norm.running_var = RunningState::new(normal.tensor([4], &device).abs().add_scalar(0.1));
+    let running_mean = norm.running_mean.value().into_data();
+    let tolerance = Tolerance::<f32>::absolute(2e-5).set_relative(1e-4);
+    for activation in ACTIVATIONS {
+        let x = normal.tensor([2, 4, 3, 5], &device);
+        batch_norm_activation(x.clone(), &norm, activation)
+            .into_data()
+            .assert_approx_eq(&activation.apply(norm.forward(x)).into_data(), tolerance);
+        let x = normal.tensor([3, 4], &device);
+        batch_norm_activation(x.clone(), &norm, activation)
+            .into_data()
+            .assert_approx_eq(&activation.apply(norm.forward(x)).into_data(), tolerance);
+    }
     norm.running_mean
         .value()
         .into_data()
-        .assert_eq(&TensorData::new(vec![0.0f32; 4], [4]), true);
+        .assert_eq(&running_mean, true);
+    // Evaluation mode in an autodiff graph: burn's own operations (and gradients), same bits.
+    let autodiff = Device::flex().autodiff();
+    let mut evaluating = norm.clone().to_device(&autodiff);
+    evaluating.training = Param::from_bool(false);
+    let x = normal.tensor([2, 4, 3, 3], &autodiff);
+    batch_norm_activation(x.clone(), &evaluating, Activation::Relu)
+        .into_data()
+        .assert_eq(
+            &Activation::Relu.apply(evaluating.forward(x)).into_data(),
+            true,
+        );
     // f16 under autodiff: burn's own operations, same values.
     let device = Device::flex().autodiff();
     let mut half = norm.clone().to_device(&device);

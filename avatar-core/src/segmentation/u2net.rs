@@ -13,11 +13,12 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
-use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
+use crate::batch_norm::{Activation, batch_norm_activation};
 use crate::diffusion::weights::{KeyMap, load_strict_any, tensor_shapes};
 use crate::error::{AvatarError, Result};
 use crate::gemm_conv::conv2d_layer;
@@ -61,7 +62,11 @@ impl RebnConv {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.bn_s1.forward(conv2d_layer(x, &self.conv_s1)))
+        batch_norm_activation(
+            conv2d_layer(x, &self.conv_s1),
+            &self.bn_s1,
+            Activation::Relu,
+        )
     }
 }
 
