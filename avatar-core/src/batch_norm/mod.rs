@@ -177,7 +177,8 @@ pub fn batch_norm_activation<const D: usize>(
             running(&norm.running_var, Tensor::from_dispatch(variance));
             y
         }
-        FusedPath::Inference { mean, variance } => {
+        FusedPath::Inference { statistics } => {
+            let [mean, variance] = *statistics;
             <Dispatch as BatchNormInferenceBackend>::fused_batch_norm(
                 x,
                 gamma,
@@ -197,8 +198,8 @@ enum FusedPath {
     Training,
     /// Outside autodiff (where `norm.forward` uses the running statistics, given here).
     Inference {
-        mean: Tensor<1>,
-        variance: Tensor<1>,
+        /// The running mean and variance (boxed: a tensor handle is large).
+        statistics: Box<[Tensor<1>; 2]>,
     },
 }
 
@@ -224,7 +225,9 @@ fn fused_path<const D: usize>(x: &Tensor<D>, norm: &BatchNorm) -> Option<FusedPa
     let statistics_apply = [&mean, &variance]
         .iter()
         .all(|s| s.dims() == [shape[1]] && s.dtype() == DType::F32);
-    statistics_apply.then_some(FusedPath::Inference { mean, variance })
+    statistics_apply.then(|| FusedPath::Inference {
+        statistics: Box::new([mean, variance]),
+    })
 }
 
 #[cfg(test)]
